@@ -1,0 +1,83 @@
+"""The bound result type and the bound registry (DESIGN §6).
+
+A bound is a pure function of statistics, weights, sample sizes and options. It is registered with
+what it bounds, its status and its reference, so the catalogue (`ncbounds list-bounds`) can be
+printed without evaluating anything.
+
+Status vocabulary (DESIGN §6):
+- ``certificate``: holds with probability >= 1 - delta exactly as computed (all confidence steps and
+  union bounds paid);
+- ``plug-in``: rigorous only if population moments are replaced by the estimates used;
+- ``up-to-constants``: the published statement hides constants that could not be confirmed;
+- ``predictor``: a correlate of generalization, not a bound;
+- ``not-applicable``: the bound's assumptions do not hold for this model/data (``reason`` says why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+STATUSES = ("certificate", "plug-in", "up-to-constants", "predictor", "not-applicable")
+
+
+@dataclass
+class BoundResult:
+    """One evaluated bound or predictor.
+
+    ``value`` is None only for ``not-applicable``. ``vacuous`` is True when an error bound is >= 1
+    (always False for predictors, whose scale is arbitrary).
+    """
+
+    name: str
+    value: float | None
+    bounds: str
+    status: str
+    reference: str
+    delta: float | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown bound status {self.status!r}; expected one of {STATUSES}")
+        if self.value is not None:
+            self.value = float(self.value)
+
+    @property
+    def vacuous(self) -> bool:
+        is_error_bound = self.status in ("certificate", "plug-in", "up-to-constants")
+        return bool(is_error_bound and self.value is not None and self.value >= 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["vacuous"] = self.vacuous
+        return out
+
+
+@dataclass(frozen=True)
+class BoundSpec:
+    """Catalogue entry: the function and what it declares about itself."""
+
+    name: str
+    func: Callable[..., BoundResult]
+    bounds: str
+    status: str
+    reference: str
+    group: str  # "certificates", "norm-margin", "pac-bayes", "collapse", "predictors", "jiang"
+
+
+REGISTRY: dict[str, BoundSpec] = {}
+
+
+def register(name: str, *, bounds: str, status: str, reference: str, group: str):
+    """Decorator that adds a bound function to the catalogue under ``name``."""
+
+    def wrap(func: Callable[..., BoundResult]) -> Callable[..., BoundResult]:
+        if name in REGISTRY:
+            raise ValueError(f"bound {name!r} registered twice")
+        REGISTRY[name] = BoundSpec(name, func, bounds, status, reference, group)
+        return func
+
+    return wrap
