@@ -1,3 +1,20 @@
-"""ncbounds: neural-collapse statistics and generalization bounds for trained classifiers."""
+"""ncbounds: neural-collapse statistics and generalization bounds for trained classifiers.
+
+Python API::
+
+    import ncbounds
+    record = ncbounds.evaluate("run/epoch10.pt", arch="mlp:width=128", data="digits")
+    record.test_error, record.metric("nc1", split="train")
+"""
 
 __version__ = "0.1.0"
+
+
+def evaluate(checkpoint=None, options=None, **kwargs):
+    """Evaluate one checkpoint; see :func:`ncbounds.pipeline.evaluate`."""
+    from ncbounds.pipeline import evaluate as _evaluate
+
+    return _evaluate(checkpoint, options, **kwargs)
+
+
+__all__ = ["__version__", "evaluate"]

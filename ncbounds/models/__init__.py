@@ -1,0 +1,27 @@
+"""Model construction: built-in architectures and architecture specs (DESIGN §3).
+
+``build_model(spec, kwargs=None, base_dir=None)`` turns an ``--arch`` spec into an ``nn.Module``;
+every built-in ends with an ``nn.Linear`` named ``fc`` whose input is the penultimate feature.
+"""
+
+from ncbounds.models.builtin import CNN1D, MLP, BasicBlock, LeNet5, ResNet18CIFAR
+from ncbounds.models.spec import (
+    BUILTIN_ARCHITECTURES,
+    build_model,
+    list_architectures,
+    parse_kv,
+    parse_value,
+)
+
+__all__ = [
+    "BUILTIN_ARCHITECTURES",
+    "BasicBlock",
+    "CNN1D",
+    "LeNet5",
+    "MLP",
+    "ResNet18CIFAR",
+    "build_model",
+    "list_architectures",
+    "parse_kv",
+    "parse_value",
+]

@@ -1,0 +1,196 @@
+"""Command-line front end (thin: parse options, call the library, render). Entry point ``ncbounds``.
+
+Data goes to stdout or ``-o FILE``; progress and logs go to stderr. Exit codes: 0 ok, 1 failure,
+2 usage error, 3 a batch finished with some checkpoints failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from ncbounds.errors import NCBoundsError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func):
+    """Turn library errors into one line on stderr and an exit code; --debug shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.pop("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except NCBoundsError as exc:
+            if debug:
+                traceback.print_exc()
+            _fail(str(exc), exc.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except (KeyboardInterrupt, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback without --debug
+            if debug:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"unexpected {type(exc).__name__}: {first} (re-run with --debug for the traceback and report it).", 1)
+
+    return click.option("--debug", is_flag=True, help="Show full tracebacks.")(wrapper)
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text if text.endswith("\n") else text + "\n")
+        tmp.replace(path)
+        click.echo(f"wrote {path}", err=True)
+    else:
+        click.echo(text)
+
+
+def _json_object(text: str | None, what: str) -> dict:
+    from ncbounds.errors import UsageError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} must be a JSON object such as '{{\"width\": 512}}' ({exc.msg}).") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object such as '{{\"width\": 512}}'.")
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ncbounds")
+def main() -> None:
+    """ncbounds: neural-collapse statistics and generalization bounds for trained classifiers."""
+
+
+def evaluation_options(func):
+    """Options shared by `report` and `batch`."""
+    opts = [
+        click.option("--arch", help="Architecture spec: mlp:width=512, resnet18-cifar, file.py:Class, pkg.mod:factory."),
+        click.option("--arch-kwargs", help="JSON object of architecture keyword arguments."),
+        click.option("--data", "data", help="Data spec: digits, mnist1d, gaussian-etf:K=10,d=64, npz:FILE, cifar10:ROOT, features:FILE."),
+        click.option("--layers", help="Extra layers to measure: NAME,NAME or 'all' (the penultimate layer is always measured)."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]."),
+        click.option("--batch-size", default=256, show_default=True, type=int),
+        click.option("--conv-reduce", type=click.Choice(["avg", "flatten"]), default="avg", show_default=True, help="Reduction of conv feature maps."),
+        click.option("--convention", default="canonical", show_default=True, help="Metric convention (see `ncbounds conventions`)."),
+        click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling (only for checkpoints from a trusted source)."),
+        click.option("--seed", default=0, show_default=True, type=int),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _options_from(kw: dict):
+    from ncbounds.pipeline import EvalOptions
+
+    return EvalOptions(
+        arch=kw["arch"], arch_kwargs=_json_object(kw["arch_kwargs"], "--arch-kwargs"), data=kw["data"],
+        layers=kw["layers"], device=kw["device"], batch_size=kw["batch_size"], conv_reduce=kw["conv_reduce"],
+        convention=kw["convention"], trust_checkpoint=kw["trust_checkpoint"], seed=kw["seed"],
+    )
+
+
+@main.command()
+@click.argument("checkpoint", required=False)
+@evaluation_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", help="Write the report to this file instead of stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def report(checkpoint, fmt, output, quiet, **kw):
+    """Report collapse metrics and bounds for one CHECKPOINT (omit it with --data features:FILE)."""
+    from ncbounds.pipeline import evaluate
+    from ncbounds.report.table import render_table
+
+    opts = _options_from(kw)
+    opts.progress = not quiet
+    record = evaluate(checkpoint, opts)
+    for note in record.notes:
+        click.echo(f"note: {note}", err=True)
+    _write(record.to_json() if fmt == "json" else render_table(record), output)
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("--arch", help="Also build this architecture and show where the penultimate features are taken.")
+@click.option("--arch-kwargs", help="JSON object of architecture keyword arguments.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handle_errors
+def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
+    """Show a checkpoint's format, wrapper keys, saved devices, size, prefixes, unsafe types and head."""
+    from ncbounds.io.checkpoints import describe, load_checkpoint, scan_unsafe_types
+
+    unsafe = scan_unsafe_types(checkpoint)
+    if unsafe and not trust_checkpoint:
+        info = {"path": checkpoint, "format": "pickle needing arbitrary unpickling", "unsafe_types": unsafe,
+                "hint": "re-run with --trust-checkpoint only if you trust its source"}
+    else:
+        info = describe(load_checkpoint(checkpoint, trust=trust_checkpoint))
+    if arch:
+        from ncbounds.features import default_layers, find_head
+        from ncbounds.models import build_model
+
+        model = build_model(arch, _json_object(arch_kwargs, "--arch-kwargs"))
+        head_name, head = find_head(model)
+        info["penultimate"] = f"input of {head_name} ({head.in_features} features → {head.out_features} classes)"
+        info["layers_all"] = default_layers(model, head_name)
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value)) if value else "—"
+        elif isinstance(value, dict):
+            value = json.dumps(value, default=str) if value else "—"
+        click.echo(f"{key:>15}: {value}")
+
+
+@main.command()
+@click.option("--out", "out_dir", default="ncbounds-demo", show_default=True, help="Folder for checkpoints and results.")
+@click.option("--epochs", default=12, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def demo(out_dir, epochs, seed, fmt):
+    """Train a small MLP on the bundled digits data (CPU, no download) and report its last checkpoint."""
+    from ncbounds.demo import train_demo
+    from ncbounds.pipeline import evaluate
+    from ncbounds.report.table import render_table
+
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    paths = train_demo(out_dir, epochs=epochs, seed=seed, log=log)
+    record = evaluate(str(paths[-1]), layers="all", device="cpu", seed=seed)
+    click.echo(record.to_json() if fmt == "json" else render_table(record))
+
+
+@main.command()
+def conventions():
+    """List the metric conventions and what each changes."""
+    from ncbounds.metrics.conventions import CONVENTIONS
+
+    for conv in CONVENTIONS.values():
+        diff = ", ".join(f"{k}={v}" for k, v in conv.differences().items()) or "—"
+        click.echo(f"{conv.name}\n  differs from canonical: {diff}\n  {conv.description}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

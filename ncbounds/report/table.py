@@ -1,0 +1,94 @@
+"""Terminal rendering of an EvalRecord: errors, bounds beside the measured test error, metrics."""
+
+from __future__ import annotations
+
+from ncbounds.report.record import EvalRecord
+
+PENULTIMATE_ROWS = (
+    "nc1", "trace_ratio", "separation_fuzziness", "cdnv", "directional_cdnv",
+    "nc2_equinorm_means", "nc2_equiangular_means", "nc2_maxangle_means", "nc2_etf_error_means",
+    "nc2_equinorm_classifier", "nc2_etf_error_classifier", "nc3_papyan", "nc3_zhu",
+    "ncc_error", "nc4_mismatch", "margin_min", "margin_p5", "margin_p10", "margin_median",
+)
+LAYER_COLUMNS = ("nc1", "separation_fuzziness", "cdnv", "ncc_error")
+
+
+def fmt(value, digits: int = 4) -> str:
+    """Compact number formatting; None → '—'."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    v = float(value)
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}f}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
+
+
+def render_table(record: EvalRecord) -> str:
+    """Human-readable report; the JSON output carries the same numbers losslessly."""
+    r = record
+    out: list[str] = []
+    src = r.checkpoint["path"] if r.checkpoint else r.data["spec"]
+    out.append(f"ncbounds report — {src}")
+    if r.model:
+        out.append(f"model: {r.model.get('arch')}  ({r.model.get('num_params')} parameters, penultimate = {r.model.get('penultimate')})")
+    splits = r.data["splits"]
+    out.append(
+        f"data: {r.data['spec']}  (K = {r.data['num_classes']}, train n = {splits['train']['n']}, test n = {splits['test']['n']})"
+        f"  device: {r.provenance.get('device')}  convention: {r.convention.get('name')}"
+    )
+    out.append("")
+    err_rows = []
+    for name in ("train", "test"):
+        e = r.errors.get(name)
+        if e:
+            err_rows.append([f"{name} error", fmt(e["error"]), f"[{fmt(e['ci95'][0])}, {fmt(e['ci95'][1])}]", str(e["n"])])
+    if err_rows:
+        out += _grid(["measured", "0-1 error", "95% Clopper–Pearson", "n"], err_rows)
+        out.append("")
+    if r.bounds:
+        test = r.errors.get("test") or {}
+        out.append(f"bounds (read against the measured test error {fmt(test.get('error'))}):")
+        rows = []
+        for b in r.bounds:
+            flag = "VACUOUS" if b.get("vacuous") else ""
+            rows.append([b["name"], fmt(b.get("value")), b.get("status", ""), b.get("bounds", ""), flag])
+        out += _grid(["bound", "value", "status", "bounds", ""], rows)
+        out.append("")
+    pen = r.layers.get("penultimate")
+    if pen:
+        out.append(f"penultimate layer (d = {pen['dim']}):")
+        m = pen["metrics"]
+        rows = [[k, fmt(m["train"].get(k)), fmt(m["test"].get(k))] for k in PENULTIMATE_ROWS if k in m["train"]]
+        out += _grid(["metric", "train", "test"], rows)
+        out.append("")
+    if len(r.layers) > 1:
+        out.append("layers (train / test):")
+        rows = []
+        for name, layer in r.layers.items():
+            m = layer["metrics"]
+            rows.append([f"{layer['index']}. {name}", str(layer["dim"])] + [f"{fmt(m['train'].get(c), 3)} / {fmt(m['test'].get(c), 3)}" for c in LAYER_COLUMNS])
+        out += _grid(["layer", "d", *LAYER_COLUMNS], rows)
+        lw = r.layerwise
+        out.append(
+            f"He–Su law: rho = {fmt(lw['train']['layerwise_rho'])} (r = {fmt(lw['train']['layerwise_r'])}) train, "
+            f"{fmt(lw['test']['layerwise_rho'])} (r = {fmt(lw['test']['layerwise_r'])}) test;  effective depth "
+            f"(NCC train error ≤ {lw['epsilon']}): {lw['effective_depth_layer'] or 'not reached'}"
+        )
+        out.append("")
+    if r.notes:
+        out.append("notes:")
+        out += [f"- {n}" for n in r.notes]
+        out.append("")
+    t = r.timings
+    out.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+    return "\n".join(out)

@@ -1,0 +1,209 @@
+"""Float64 class-conditional sufficient statistics of one feature layer (DESIGN §4).
+
+For every class c the accumulator keeps the count n_c, the mean μ_c, the centered sum of squared
+deviations Σ_{i∈c} ‖h_i − μ_c‖² and the centered scatter Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ — either one
+d×d matrix per class (``scatter_mode='per-class'``) or the pooled within-class scatter summed over
+classes (``'pooled'``), chosen by a memory budget. Batches are combined with the pairwise update of
+Chan, Golub & LeVeque (1979/1983): for parts a and b of one class with δ = μ_b − μ_a,
+
+    n = n_a + n_b,   μ = μ_a + δ·n_b/n,   S = S_a + S_b + δδᵀ·n_a n_b/n.
+
+Only centered quantities are ever summed, so strongly collapsed features (within-class spread 1e-6
+around means of norm 50) keep full relative accuracy, where raw second moments E[hhᵀ] − μμᵀ would
+cancel catastrophically and can even turn negative. Memory is O(K·d + K·d²) or O(K·d + d²),
+independent of the number of samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ncbounds.errors import DataError, StatisticsError
+
+#: Per-layer bytes allowed for per-class scatter matrices before falling back to a pooled scatter.
+DEFAULT_SCATTER_BUDGET = 512 * 2**20
+
+
+def choose_scatter_mode(num_classes: int, dim: int, budget_bytes: int = DEFAULT_SCATTER_BUDGET) -> str:
+    """'per-class' if K·d² float64 values fit ``budget_bytes``, else 'pooled'.
+
+    Raises StatisticsError when not even one d×d matrix fits (e.g. flattened conv maps).
+    """
+    if num_classes * dim * dim * 8 <= budget_bytes:
+        return "per-class"
+    if dim * dim * 8 <= budget_bytes:
+        return "pooled"
+    raise StatisticsError(
+        f"a {dim}-dimensional layer needs a {dim}x{dim} float64 scatter ({dim * dim * 8 / 2**30:.1f} GiB) "
+        f"over the memory budget; use --conv-reduce avg or choose fewer/smaller --layers."
+    )
+
+
+class ClassStats:
+    """Mergeable float64 per-class counts, means and centered scatter of one layer's features.
+
+    Parameters
+    ----------
+    num_classes, dim:
+        K and d.
+    scatter_mode:
+        ``'per-class'`` keeps K matrices d×d (needed for directional CDNV in one pass); ``'pooled'``
+        keeps only the within-class scatter S_W = Σ_c S_c. ``None`` chooses by ``budget_bytes``.
+    name:
+        Layer name, used in error messages (e.g. NaN features).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        scatter_mode: str | None = "per-class",
+        device: str | torch.device = "cpu",
+        name: str = "features",
+        budget_bytes: int = DEFAULT_SCATTER_BUDGET,
+    ) -> None:
+        if scatter_mode is None:
+            scatter_mode = choose_scatter_mode(num_classes, dim, budget_bytes)
+        if scatter_mode not in ("per-class", "pooled"):
+            raise ValueError(f"scatter_mode must be 'per-class' or 'pooled', not {scatter_mode!r}")
+        self.num_classes = int(num_classes)
+        self.dim = int(dim)
+        self.scatter_mode = scatter_mode
+        self.name = name
+        dev = torch.device(device)
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.counts = torch.zeros(num_classes, dtype=torch.int64, device=dev)
+        self.means = torch.zeros(num_classes, dim, **f64)
+        self.sq_dev = torch.zeros(num_classes, **f64)
+        shape = (num_classes, dim, dim) if scatter_mode == "per-class" else (dim, dim)
+        self.scatter = torch.zeros(shape, **f64)
+
+    # ------------------------------------------------------------------ accumulation
+    def update(self, features, labels) -> ClassStats:
+        """Add a batch: ``features`` (B, d), ``labels`` (B,) integer class indices in 0..K−1."""
+        x = torch.as_tensor(features)
+        y = torch.as_tensor(labels)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise StatisticsError(
+                f"layer {self.name} gave features of shape {tuple(x.shape)}, expected (batch, {self.dim})."
+            )
+        if x.shape[0] == 0:
+            return self
+        x = x.to(device=self.means.device, dtype=torch.float64)
+        y = y.to(device=self.means.device, dtype=torch.int64).reshape(-1)
+        if not bool(torch.isfinite(x).all()):
+            raise StatisticsError(
+                f"layer {self.name} produced NaN or Inf features; check the checkpoint's weights "
+                f"and the input normalization (or evaluate with --device cpu to rule out AMP overflow)."
+            )
+        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+            raise DataError(
+                f"labels must lie in 0..{self.num_classes - 1} (the model has {self.num_classes} "
+                f"outputs) but range over {int(y.min())}..{int(y.max())}; fix the labels or --arch-kwargs num_classes."
+            )
+        batch = ClassStats._from_batch(x, y, self.num_classes, self.scatter_mode)
+        return self.merge(batch)
+
+    @classmethod
+    def _from_batch(cls, x: torch.Tensor, y: torch.Tensor, K: int, mode: str) -> ClassStats:
+        """Exact centered statistics of one batch (two-pass within the batch: mean, then deviations)."""
+        out = cls.__new__(cls)
+        out.num_classes, out.dim, out.scatter_mode, out.name = K, x.shape[1], mode, "batch"
+        counts = torch.bincount(y, minlength=K)
+        sums = torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
+        means = sums / counts.clamp(min=1).unsqueeze(1)
+        dev = x - means[y]
+        out.counts, out.means = counts, means
+        out.sq_dev = torch.zeros(K, dtype=x.dtype, device=x.device).index_add_(0, y, (dev * dev).sum(1))
+        if mode == "pooled":
+            out.scatter = dev.T @ dev
+        else:
+            out.scatter = torch.zeros(K, x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
+            order = torch.argsort(y, stable=True)
+            chunks = torch.split(dev[order], counts.tolist())
+            for c, chunk in enumerate(chunks):
+                if chunk.shape[0]:
+                    out.scatter[c] = chunk.T @ chunk
+        return out
+
+    def merge(self, other: ClassStats) -> ClassStats:
+        """Combine with another accumulator of the same layer (Chan et al. pairwise update); returns self."""
+        if (other.num_classes, other.dim) != (self.num_classes, self.dim):
+            raise StatisticsError(
+                f"cannot merge statistics of shape (K={other.num_classes}, d={other.dim}) into "
+                f"(K={self.num_classes}, d={self.dim}); they come from different layers or label sets."
+            )
+        if other.scatter_mode != self.scatter_mode:
+            raise StatisticsError("cannot merge per-class with pooled scatter statistics; use one scatter mode.")
+        n_a = self.counts.to(torch.float64)
+        n_b = other.counts.to(device=self.counts.device, dtype=torch.float64)
+        n = n_a + n_b
+        safe_n = n.clamp(min=1.0)
+        delta = other.means.to(self.means.device) - self.means
+        # weight of the between-parts term n_a n_b / n (zero when either part is empty)
+        w = n_a * n_b / safe_n
+        self.means = self.means + delta * (n_b / safe_n).unsqueeze(1)
+        self.sq_dev = self.sq_dev + other.sq_dev.to(self.sq_dev.device) + w * (delta * delta).sum(1)
+        other_scatter = other.scatter.to(self.scatter.device)
+        if self.scatter_mode == "pooled":
+            self.scatter = self.scatter + other_scatter + (delta * w.unsqueeze(1)).T @ delta
+        else:
+            self.scatter = self.scatter + other_scatter + w.view(-1, 1, 1) * delta.unsqueeze(2) * delta.unsqueeze(1)
+        self.counts = self.counts + other.counts.to(self.counts.device)
+        return self
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def total(self) -> int:
+        """N, the number of samples seen."""
+        return int(self.counts.sum())
+
+    def within_scatter(self) -> torch.Tensor:
+        """Pooled within-class scatter S_W = Σ_c Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ (d×d, unnormalized)."""
+        return self.scatter if self.scatter_mode == "pooled" else self.scatter.sum(0)
+
+    def to(self, device) -> ClassStats:
+        """Move all accumulators to ``device`` (returns self)."""
+        for key in ("counts", "means", "sq_dev", "scatter"):
+            setattr(self, key, getattr(self, key).to(device))
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that fully describe the accumulator (for save / shipping between processes)."""
+        return {
+            "counts": self.counts.cpu().numpy(),
+            "means": self.means.cpu().numpy(),
+            "sq_dev": self.sq_dev.cpu().numpy(),
+            "scatter": self.scatter.cpu().numpy(),
+            "scatter_mode": np.array(self.scatter_mode),
+            "name": np.array(self.name),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> ClassStats:
+        """Inverse of :meth:`state`."""
+        means = np.asarray(state["means"])
+        out = cls(means.shape[0], means.shape[1], scatter_mode=str(state["scatter_mode"]), name=str(state["name"]))
+        out.counts = torch.as_tensor(np.asarray(state["counts"]), dtype=torch.int64)
+        out.means = torch.as_tensor(means, dtype=torch.float64)
+        out.sq_dev = torch.as_tensor(np.asarray(state["sq_dev"]), dtype=torch.float64)
+        out.scatter = torch.as_tensor(np.asarray(state["scatter"]), dtype=torch.float64)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write to an ``.npz`` file (exact float64 round trip)."""
+        with open(path, "wb") as fh:
+            np.savez(fh, **self.state())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClassStats:
+        """Read a file written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            return cls.from_state({k: z[k] for k in z.files})
+
+    def __repr__(self) -> str:
+        return f"ClassStats(name={self.name!r}, K={self.num_classes}, d={self.dim}, N={self.total}, {self.scatter_mode})"
