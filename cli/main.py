@@ -139,12 +139,15 @@ def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
     """Show a checkpoint's format, wrapper keys, saved devices, size, prefixes, unsafe types and head."""
     from ncbounds.io.checkpoints import describe, load_checkpoint, scan_unsafe_types
 
-    unsafe = scan_unsafe_types(checkpoint)
-    if unsafe and not trust_checkpoint:
-        info = {"path": checkpoint, "format": "pickle needing arbitrary unpickling", "unsafe_types": unsafe,
-                "hint": "re-run with --trust-checkpoint only if you trust its source"}
-    else:
+    try:
         info = describe(load_checkpoint(checkpoint, trust=trust_checkpoint))
+        refused = None
+    except NCBoundsError as exc:
+        unsafe = scan_unsafe_types(checkpoint)
+        if not unsafe:
+            raise
+        info = {"path": checkpoint, "format": "pickle that needs arbitrary unpickling", "unsafe_types": unsafe}
+        refused = exc
     if arch:
         from ncbounds.features import default_layers, find_head
         from ncbounds.models import build_model
@@ -155,6 +158,8 @@ def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
         info["layers_all"] = default_layers(model, head_name)
     if fmt == "json":
         click.echo(json.dumps(info, indent=2, default=str))
+        if refused is not None:
+            _fail(str(refused), refused.exit_code)
         return
     for key, value in info.items():
         if isinstance(value, (list, tuple)):
@@ -162,6 +167,8 @@ def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
         elif isinstance(value, dict):
             value = json.dumps(value, default=str) if value else "—"
         click.echo(f"{key:>15}: {value}")
+    if refused is not None:
+        _fail(str(refused), refused.exit_code)
 
 
 @main.command()

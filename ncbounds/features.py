@@ -86,6 +86,11 @@ def reduce_features(output: torch.Tensor, mode: str) -> torch.Tensor:
     raise UsageError(f"--conv-reduce must be 'avg' or 'flatten', not {mode!r}.")
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``a`` and ``b`` view the same memory with the same layout (detached aliases)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
 class FeatureExtractor:
     """Context manager that hooks a model; after each forward, :attr:`features` maps name → (B, d).
 
@@ -132,6 +137,6 @@ class FeatureExtractor:
             head_input = feats.pop(PENULTIMATE)
             # a hooked module whose output *is* the head input (e.g. the last ReLU of an MLP) would
             # duplicate the penultimate layer; it is reported once, as 'penultimate'
-            feats = {k: v for k, v in feats.items() if v is not head_input}
+            feats = {k: v for k, v in feats.items() if not _same_tensor(v, head_input)}
             feats[PENULTIMATE] = head_input
         return feats, logits

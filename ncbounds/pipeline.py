@@ -35,7 +35,6 @@ from ncbounds.metrics.layerwise import effective_depth, he_su_fit
 from ncbounds.models import build_model
 from ncbounds.progress import Progress
 from ncbounds.report.record import EvalRecord
-from ncbounds.stats.class_stats import DEFAULT_SCATTER_BUDGET
 from ncbounds.stats.split import SplitStatistics
 
 SPLITS = ("train", "test")
@@ -54,7 +53,6 @@ class EvalOptions:
     conv_reduce: str = "avg"
     convention: str = "canonical"
     trust_checkpoint: bool = False
-    scatter_budget: int = DEFAULT_SCATTER_BUDGET
     effective_depth_epsilon: float = 0.01
     seed: int = 0
     progress: bool = False
@@ -136,9 +134,9 @@ def _check_labels(data: DataSource, num_classes: int) -> None:
             )
 
 
-def _stream(split_name, split, prep, extractor, head, device, opts, reference, conv, stats_kwargs):
-    """One pass over one split; returns the finished SplitStatistics and the forward time."""
-    acc = SplitStatistics(prep_num_classes(prep, head), penultimate=PENULTIMATE, reference_means=reference, device=device, **stats_kwargs)
+def _stream(split_name, split, prep, extractor, head, device, opts, reference, conv):
+    """One pass over one split, then the replay of its features; returns the finished statistics."""
+    acc = SplitStatistics(prep_num_classes(prep, head), penultimate=PENULTIMATE, device=device)
     n_batches = (len(split) + opts.batch_size - 1) // opts.batch_size
     bar = Progress(n_batches, f"{split_name:>5}", enabled=opts.progress and n_batches >= 20)
     pin = device.type == "cuda"
@@ -161,7 +159,7 @@ def _stream(split_name, split, prep, extractor, head, device, opts, reference, c
             acc.update(feats, yb.to(device), logits, nc4)
             bar.advance()
     bar.close()
-    acc.finish()
+    acc.finish(reference)
     return acc
 
 
@@ -206,19 +204,18 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
     num_classes = prep_num_classes(prep, head)
     _check_labels(prep.data, num_classes)
 
-    stats_kwargs = {"scatter_budget": opts.scatter_budget}
     splits: dict[str, SplitStatistics] = {}
     reference = None
     ctx = extractor if extractor is not None else _NullContext()
     with ctx:
         for name in SPLITS:
             t0 = time.perf_counter()
-            splits[name] = _stream(name, getattr(prep.data, name), prep, extractor, head, device, opts, reference, conv, stats_kwargs)
+            splits[name] = _stream(name, getattr(prep.data, name), prep, extractor, head, device, opts, reference, conv)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings[f"pass_{name}"] = time.perf_counter() - t0
             if name == "train":
-                reference = splits[name].training_means()
+                reference = splits[name].class_means()
 
     t0 = time.perf_counter()
     record = _assemble(prep, splits, head, conv, opts, device, num_classes)

@@ -110,9 +110,14 @@ def test_conv_upper_bound_dominates_dense_operator(case):
     # Any larger grid is also a valid bound.
     totals = ([case["dilation"] * (k - 1) for k in w.shape[2:]] if case["padding"] == "same"
               else [2 * int(case["padding"])] * (w.ndim - 2))
-    bigger = tuple(s + tot + 3 for s, tot in zip(case["input_shape"], totals, strict=True))
+    st = case["stride"]
+    bigger = tuple(-(-(s + tot + 3) // st) * st
+                   for s, tot in zip(case["input_shape"], totals, strict=True))
     res_big = conv_operator_norm_upper(**case, grid=bigger)
     assert res_big.value >= true * (1 - 1e-10)
+    if st > 1:  # the polyphase (strided) bound never exceeds the stride-1 bound on the same grid
+        unstrided = conv_operator_norm_upper(**dict(case, stride=1), grid=bigger).value
+        assert res_big.value <= unstrided * (1 + 1e-12)
 
 
 @pytest.mark.parametrize("case", CASES[:30], ids=[f"case{i}" for i in range(30)])
@@ -127,12 +132,45 @@ def test_circular_same_stride1_is_exact(case):
     assert exact.value >= true * (1 - 1e-10)
     via_upper = conv_operator_norm_upper(**kwargs, padding_mode="circular")
     assert via_upper.exact is True and via_upper.value == exact.value
-    # strided circular conv: subsampling of the above -> upper bound, flagged inexact
+    # strided circular conv = subsampled rows of the above: exact (polyphase) when 2 divides n,
+    # otherwise the stride-1 value as an upper bound
     strided = conv_operator_norm_upper(**dict(kwargs, stride=2), padding_mode="circular")
-    assert strided.exact is False and strided.value == exact.value
     sub = dense.reshape((case["weight"].shape[0],) + tuple(case["input_shape"]) + (-1,))
     sub = sub[(slice(None),) + (slice(None, None, 2),) * len(case["input_shape"])]
-    assert strided.value >= _sigma_max(sub.reshape(-1, dense.shape[1])) * (1 - 1e-10)
+    true_strided = _sigma_max(sub.reshape(-1, dense.shape[1]))
+    assert strided.value >= true_strided * (1 - 1e-10)
+    if all(n % 2 == 0 for n in case["input_shape"]):
+        assert strided.exact is True and strided.value == pytest.approx(true_strided, rel=1e-8)
+    else:
+        assert strided.exact is False and strided.value == exact.value
+
+
+@pytest.mark.parametrize("stride,shape,kernel,groups,dil", [
+    (3, (9,), (4,), 2, 1),
+    ((2, 1), (6, 5), (3, 2), 1, 2),
+    ((3, 2), (9, 8), (2, 3), 2, 1),
+    (2, (8,), (5,), 1, 2),
+])
+def test_strided_polyphase_bound_exact_for_circular_and_valid_for_zeros(stride, shape, kernel,
+                                                                         groups, dil):
+    rng = np.random.default_rng(sum(shape))
+    w = rng.standard_normal((2 * groups, 2) + kernel)
+    d = len(shape)
+    st = (stride,) * d if isinstance(stride, int) else stride
+    dense = dense_conv_matrix(w, shape, padding="same", dilation=dil, groups=groups,
+                              padding_mode="circular")
+    sub = dense.reshape((w.shape[0],) + shape + (-1,))
+    sub = sub[(slice(None),) + tuple(slice(None, None, si) for si in st)]
+    res = conv_operator_norm_upper(w, shape, stride=stride, padding="same", dilation=dil,
+                                   groups=groups, padding_mode="circular")
+    assert res.exact is True
+    assert res.value == pytest.approx(_sigma_max(sub.reshape(-1, dense.shape[1])), rel=1e-8)
+    pad = tuple(dil * (k - 1) // 2 for k in kernel)
+    zero = conv_operator_norm_upper(w, shape, stride=stride, padding=pad, dilation=dil,
+                                    groups=groups)
+    true = _sigma_max(dense_conv_matrix(w, shape, stride=stride, padding=pad, dilation=dil,
+                                        groups=groups))
+    assert zero.value >= true * (1 - 1e-10)
 
 
 def test_circular_singular_values_match_dense_spectrum():
@@ -200,6 +238,8 @@ def test_conv_input_validation():
         conv_operator_norm_upper(w, (2,), padding=0)
     with pytest.raises(ValueError, match="grid"):
         conv_operator_norm_upper(w, (5,), padding=1, grid=6)
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        conv_operator_norm_upper(w, (5,), padding=1, stride=2, grid=9)
     with pytest.raises(ValueError, match="padding_mode"):
         conv_operator_norm_upper(w, (5,), padding=1, padding_mode="reflect")
     with pytest.raises(ValueError, match="circular"):

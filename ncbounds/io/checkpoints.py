@@ -779,3 +779,23 @@ def describe(ckpt: LoadedCheckpoint) -> dict:
         "extra": extra,
     }
     return out
+
+
+def scan_unsafe_types(path: str) -> list[str]:
+    """Globals that a ``weights_only=True`` load of ``path`` would refuse, found without executing them.
+
+    Zip checkpoints are scanned statically (``torch.serialization.get_unsafe_globals_in_checkpoint``);
+    other files are read with ``weights_only=True`` and the refusal message is parsed. Returns [] for
+    a safe file or one that cannot be read at all (``load_checkpoint`` then says why).
+    """
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: fall back to a refused weights_only load
+        pass
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        return _unsafe_globals(path, str(exc))
+    except Exception:  # noqa: BLE001 - unreadable: load_checkpoint reports it
+        return []
+    return []

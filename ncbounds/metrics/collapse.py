@@ -5,13 +5,14 @@ Notation: K classes (those present in the split), features h ∈ R^d, n_c sample
 Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, Σ_B = (1/K) M̃ᵀM̃; v_c = E_c‖h − μ_c‖² (biased);
 W (K×d) the final linear layer's weight.
 
-Pseudo-inverses of between-class matrices are never formed as d×d matrices: they are taken from the
-thin SVD of the K×d matrix whose Gram is the between-class scatter (O(K²d)), restricted to its
-numerical rank r. The rows are centered class means, so r ≤ K − 1 structurally; beyond that, singular
-values count only above max(K, d)·ε_float64·max(s_max, max_c ‖μ_c‖) — NumPy's ``matrix_rank`` rule,
-with the scale of the *uncentered* means included because centering means of norm 50 leaves rounding
-noise of order 50·ε in the null direction. Each quadratic form of the positive semi-definite Σ_W is
-clipped at 0 so rounding can never make NC1 negative.
+Second-order quantities enter only through the span of the centered class means: with Q (d×r)
+an orthonormal basis of that span (r ≤ K − 1, see ``stats/projected.py`` for the rank rule), NC1 and
+He–Su's D need Qᵀ Σ_W Q, and directional CDNV needs the per-class quadratic forms
+(μ_j − μ_i)ᵀ S_i (μ_j − μ_i). These come either from a :class:`ProjectedStats` replay (the model
+pipeline: no d×d matrix is ever formed) or from the scatter matrices a :class:`ClassStats` may hold.
+Pseudo-inverses are taken from the thin SVD of the K×r between-class coordinate matrix, never as a
+d×d generic pinv with an eps cutoff; each quadratic form of the PSD Σ_W is clipped at 0 so rounding
+can never make NC1 negative.
 
 Classes absent from the split are left out (the caller records a note); every function returns
 ``None`` rather than NaN when the quantity is undefined (fewer than two classes, coinciding means).
@@ -19,20 +20,22 @@ Classes absent from the split are left out (the caller records a note); every fu
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from ncbounds.metrics.conventions import CANONICAL, Convention
 from ncbounds.stats.class_stats import ClassStats
+from ncbounds.stats.projected import ProjectedStats, mean_span_basis
 
 _EPS = torch.finfo(torch.float64).eps
 
 
 class _Geometry:
-    """Present-class view of a ClassStats object with the derived matrices every metric shares."""
+    """Present-class view of the statistics with the derived matrices every metric shares."""
 
-    def __init__(self, stats: ClassStats, convention: Convention) -> None:
+    def __init__(self, stats: ClassStats, convention: Convention, projected: ProjectedStats | None = None) -> None:
         present = stats.counts > 0
         self.present = present
         self.counts = stats.counts[present].to(torch.float64)
@@ -48,57 +51,69 @@ class _Geometry:
         self.centered = self.means - self.global_mean
         self.scale = float(self.means.norm(dim=1).max()) if self.K else 0.0
         self.stats = stats
-        self._sigma_w = None
+        self.projected = projected
 
-    @property
-    def sigma_w(self) -> torch.Tensor:
-        """Σ_W = S_W / N (d×d)."""
-        if self._sigma_w is None:
-            self._sigma_w = self.stats.within_scatter() / self.N
-        return self._sigma_w
+    @functools.cached_property
+    def second_order(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(Q, Qᵀ Σ_W Q) with Σ_W = S_W/N, or None when no second-order statistics were collected."""
+        if self.projected is not None:
+            return self.projected.basis, self.projected.within / self.N
+        if self.stats.scatter_mode == "none":
+            return None
+        basis, _ = mean_span_basis(self.stats.means, self.stats.counts > 0)
+        return basis, basis.T @ self.stats.within_scatter() @ basis / self.N
+
+    def pinv_trace(self, between_rows: torch.Tensor) -> float | None:
+        """Tr(Σ_W (BᵀB)⁺) for rows B in the mean span: Σ_k max(v_kᵀ Z v_k, 0)/s_k² from the SVD of BQ."""
+        second = self.second_order
+        if second is None:
+            return None
+        basis, within = second
+        if basis.shape[1] == 0:
+            return None
+        _, s, vh = torch.linalg.svd(between_rows @ basis, full_matrices=False)
+        tol = max(float(s[0]), self.scale) * max(between_rows.shape) * _EPS
+        keep = s > tol
+        if not bool(keep.any()):
+            return None
+        v, s = vh[keep], s[keep]
+        quad = ((v @ within) * v).sum(1).clamp(min=0.0)
+        return float((quad / (s * s)).sum())
+
+    @functools.cached_property
+    def pair_forms(self) -> torch.Tensor | None:
+        """Q[i, j] = (μ_j − μ_i)ᵀ S_i (μ_j − μ_i) over present classes, or None if not collected."""
+        if self.projected is not None:
+            idx = torch.nonzero(self.present).squeeze(1)
+            return self.projected.pair_forms[idx][:, idx]
+        if self.stats.scatter_mode != "per-class":
+            return None
+        scatter = self.stats.scatter[self.present]
+        quad = torch.empty(self.K, self.K, dtype=torch.float64, device=self.means.device)
+        for i in range(self.K):
+            diff = self.centered - self.centered[i]
+            quad[i] = ((diff @ scatter[i]) * diff).sum(1)
+        return quad
 
 
-def _thin_svd_rank(rows: torch.Tensor, scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right singular vectors and singular values of centered ``rows`` on their numerical rank.
-
-    ``scale``: norm of the uncentered vectors the rows were computed from (sets the rounding floor).
-    """
-    _, s, vh = torch.linalg.svd(rows, full_matrices=False)
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        return vh[:0], s[:0]
-    tol = max(float(s[0]), scale) * max(rows.shape) * _EPS
-    r = min(int((s > tol).sum()), rows.shape[0] - 1)
-    return vh[:r], s[:r]
-
-
-def _pinv_trace(sigma_w: torch.Tensor, between_rows: torch.Tensor, scale: float) -> float | None:
-    """Tr(Σ_W (BᵀB)⁺) for B = ``between_rows`` via B's thin SVD: Σ_k max(v_kᵀ Σ_W v_k, 0)/s_k²."""
-    v, s = _thin_svd_rank(between_rows, scale)
-    if s.numel() == 0:
-        return None
-    quad = ((v @ sigma_w) * v).sum(1).clamp(min=0.0)
-    return float((quad / (s * s)).sum())
-
-
-def between_rank(stats: ClassStats, convention: Convention = CANONICAL) -> int:
+def between_rank(stats: ClassStats) -> int:
     """Numerical rank of M̃ (≤ min(K − 1, d)); below that, NC1 uses the pseudo-inverse on the rank."""
-    g = _Geometry(stats, convention)
-    return int(_thin_svd_rank(g.centered, g.scale)[1].numel())
+    return int(mean_span_basis(stats.means, stats.counts > 0)[0].shape[1])
 
 
-def nc1(stats: ClassStats, convention: Convention = CANONICAL) -> float | None:
+def nc1(stats: ClassStats, convention: Convention = CANONICAL, projected: ProjectedStats | None = None) -> float | None:
     """NC1 = Tr(Σ_W Σ_B⁺)/K (Papyan, Han & Donoho 2020, PNAS, Fig. 6; canonical form of DESIGN §5).
 
-    With M̃ = U S Vᵀ (rank r), Σ_B⁺ = K·V S⁻² Vᵀ, so NC1 = Σ_k v_kᵀ Σ_W v_k / s_k². Conventions without
-    the 1/K factor (Papyan's notebook) multiply by K.
+    Σ_B = M̃ᵀM̃/K, so Tr(Σ_W Σ_B⁺)/K = Tr(Σ_W (M̃ᵀM̃)⁺). Convention modes: without the 1/K (Papyan's
+    notebook), Σ_B normalized by d (rhubarbwu: factor d/K), or He & Su's frequency-weighted SS_B.
     """
-    g = _Geometry(stats, convention)
+    g = _Geometry(stats, convention, projected)
     if g.K < 2:
         return None
     if convention.nc1_frequency_weighted:
-        value = _pinv_trace(g.sigma_w, _frequency_rows(g), g.scale)  # Tr(Σ_W SS_B⁺), He & Su
+        value = g.pinv_trace(_frequency_rows(g))  # Tr(Σ_W SS_B⁺), He & Su
         return None if value is None else (value / g.K if convention.nc1_divide_by_classes else value)
-    value = _pinv_trace(g.sigma_w, g.centered, g.scale)  # = Tr(Σ_W Σ_B⁺)/K with Σ_B = M̃ᵀM̃/K
+    value = g.pinv_trace(g.centered)  # = Tr(Σ_W Σ_B⁺)/K with Σ_B = M̃ᵀM̃/K
     if value is None:
         return None
     value *= _between_scale(g, convention)
@@ -126,16 +141,16 @@ def trace_ratio(stats: ClassStats, convention: Convention = CANONICAL) -> float 
     return float(g.sq_dev.sum()) / g.N / tr_b * _between_scale(g, convention)
 
 
-def separation_fuzziness(stats: ClassStats, convention: Convention = CANONICAL) -> float | None:
+def separation_fuzziness(stats: ClassStats, convention: Convention = CANONICAL, projected: ProjectedStats | None = None) -> float | None:
     """He & Su (2023, PNAS, "A law of data separation") D = Tr(SS_W SS_B⁺).
 
     SS_W = (1/N) Σ_i (h_i − μ_{y_i})(·)ᵀ = Σ_W and the frequency-weighted
     SS_B = Σ_c (n_c/N)(μ_c − μ̄)(μ_c − μ̄)ᵀ with μ̄ the sample mean; balanced classes give D = K·NC1.
     """
-    g = _Geometry(stats, convention)
+    g = _Geometry(stats, convention, projected)
     if g.K < 2:
         return None
-    return _pinv_trace(g.sigma_w, _frequency_rows(g), g.scale)
+    return g.pinv_trace(_frequency_rows(g))
 
 
 def _pair_sq_distances(centered: torch.Tensor) -> torch.Tensor:
@@ -163,31 +178,18 @@ def cdnv(stats: ClassStats, convention: Convention = CANONICAL) -> float | None:
     return float(((var[i] + var[j]) / (2.0 * denom)).mean())
 
 
-def directional_cdnv(
-    stats: ClassStats, pair_forms: torch.Tensor | None = None, convention: Convention = CANONICAL
-) -> float | None:
+def directional_cdnv(stats: ClassStats, convention: Convention = CANONICAL, projected: ProjectedStats | None = None) -> float | None:
     """Directional CDNV (Luthra, Salunkhe & Galanti 2026), averaged over ordered pairs i ≠ j.
 
     Ṽ_ij = u_ijᵀ Σ_i u_ij / ‖μ_j − μ_i‖², u_ij = (μ_j − μ_i)/‖μ_j − μ_i‖, Σ_i = (1/n_i) S_i (biased):
-    the class-i variance along the direction of class j, in units of the squared distance.
-    Needs per-class scatter; with pooled statistics pass ``pair_forms[i, j] = (μ_j − μ_i)ᵀ S_i (μ_j − μ_i)``
-    (all K classes, as collected by a pass over stored features), else returns None.
+    the class-i variance along the direction of class j, in units of the squared distance. Needs
+    per-class scatter matrices or a :class:`ProjectedStats` replay; returns None otherwise.
     """
-    g = _Geometry(stats, convention)
-    if g.K < 2:
+    g = _Geometry(stats, convention, projected)
+    quad = g.pair_forms if g.K >= 2 else None
+    if quad is None:
         return None
     dist = _pair_sq_distances(g.centered)
-    if pair_forms is not None:
-        idx = torch.nonzero(g.present).squeeze(1)
-        quad = pair_forms.to(torch.float64)[idx][:, idx]
-    elif stats.scatter_mode == "per-class":
-        scatter = stats.scatter[g.present]
-        quad = torch.empty(g.K, g.K, dtype=torch.float64, device=g.means.device)
-        for i in range(g.K):
-            diff = g.centered - g.centered[i]
-            quad[i] = ((diff @ scatter[i]) * diff).sum(1)
-    else:
-        return None
     off = ~torch.eye(g.K, dtype=torch.bool, device=dist.device)
     if bool((dist[off] == 0).any()):
         return None
@@ -251,22 +253,23 @@ def collapse_metrics(
     stats: ClassStats,
     W=None,
     convention: Convention = CANONICAL,
-    pair_forms: torch.Tensor | None = None,
+    projected: ProjectedStats | None = None,
 ) -> dict[str, float | None]:
     """Every collapse metric that needs only class statistics (and the classifier weight W, if given).
 
     Keys: nc1, trace_ratio, separation_fuzziness, cdnv, directional_cdnv, nc2_equinorm_means,
     nc2_equiangular_means, nc2_maxangle_means, nc2_etf_error_means, and with W also
     nc2_equinorm_classifier, nc2_etf_error_classifier, nc3_papyan, nc3_zhu. Classifier rows of classes
-    absent from the split are left out together with their means.
+    absent from the split are left out together with their means. ``projected`` supplies the
+    second-order statistics when ``stats`` holds no scatter matrices.
     """
     g = _Geometry(stats, convention)
     out: dict[str, float | None] = {
-        "nc1": nc1(stats, convention),
+        "nc1": nc1(stats, convention, projected),
         "trace_ratio": trace_ratio(stats, convention),
-        "separation_fuzziness": separation_fuzziness(stats, convention),
+        "separation_fuzziness": separation_fuzziness(stats, convention, projected),
         "cdnv": cdnv(stats, convention),
-        "directional_cdnv": directional_cdnv(stats, pair_forms, convention),
+        "directional_cdnv": directional_cdnv(stats, convention, projected),
     }
     means = g.centered
     enough = g.K >= 2

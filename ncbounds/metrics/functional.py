@@ -19,7 +19,7 @@ from ncbounds.stats.split import SplitStatistics
 def split_metrics(split: SplitStatistics, layer: str, W=None, convention: Convention = CANONICAL) -> dict:
     """All per-layer metrics of one finished split: collapse metrics, NCC error, NC4 and margins."""
     stats = split.layers[layer]
-    out = collapse_metrics(stats, W if layer == split.penultimate else None, convention, split.pair_forms.get(layer))
+    out = collapse_metrics(stats, W if layer == split.penultimate else None, convention, split.projected.get(layer))
     counter = split.ncc.get(layer)
     out["ncc_error"] = counter.error_rate if counter is not None and counter.n else None
     if layer == split.penultimate and W is not None:
@@ -41,13 +41,15 @@ def metrics_from_features(
     train_means=None,
     batch_size: int | None = None,
     convention: str | Convention | None = None,
-    scatter_mode: str | None = None,
+    scatter_mode: str = "none",
 ) -> dict:
     """Every per-layer metric of DESIGN §5 for features ``(N, d)`` with integer ``labels``.
 
     ``W`` (K×d), ``b`` (K): the linear head, giving logits h Wᵀ + b (margins, NC4, classifier NC2/NC3).
     ``train_means`` (K×d): reference means for the nearest-class-center decisions (default: the
     means of these features). ``batch_size`` streams the data in batches (default: all at once).
+    ``scatter_mode`` 'per-class'/'pooled' computes the second-order metrics from scatter matrices
+    instead of the span-restricted replay (a cross-check; results agree to rounding).
     """
     conv = get_convention(convention)
     h = torch.as_tensor(np.asarray(features), dtype=torch.float64)
@@ -59,7 +61,7 @@ def metrics_from_features(
     if train_means is not None:
         m = torch.as_tensor(np.asarray(train_means), dtype=torch.float64)
         reference = {"features": (m, torch.ones(K, dtype=torch.bool))}
-    split = SplitStatistics(K, penultimate="features", reference_means=reference, scatter_mode=scatter_mode)
+    split = SplitStatistics(K, penultimate="features", scatter_mode=scatter_mode)
     step = batch_size or max(len(h), 1)
     for start in range(0, len(h), step):
         hb, yb = h[start : start + step], y[start : start + step]
@@ -68,5 +70,7 @@ def metrics_from_features(
             logits = hb @ Wt.T + (bt if bt is not None else 0.0)
             nc4 = logits.argmax(1) if conv.nc4_use_bias else (hb @ Wt.T).argmax(1)
         split.update({"features": hb}, yb, logits, nc4)
-    split.finish()
+    split.finish(reference)
+    if scatter_mode != "none":
+        split.projected.clear()  # cross-check mode: second-order metrics from the scatter matrices
     return split_metrics(split, "features", Wt, conv)

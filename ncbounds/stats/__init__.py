@@ -1,6 +1,7 @@
 """Streaming float64 sufficient statistics (DESIGN §4)."""
 
-from ncbounds.stats.class_stats import ClassStats, choose_scatter_mode
+from ncbounds.stats.class_stats import ClassStats
 from ncbounds.stats.logit_stats import LogitStats
+from ncbounds.stats.projected import ProjectedStats
 
-__all__ = ["ClassStats", "LogitStats", "choose_scatter_mode"]
+__all__ = ["ClassStats", "LogitStats", "ProjectedStats"]

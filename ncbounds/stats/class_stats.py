@@ -1,17 +1,19 @@
 """Float64 class-conditional sufficient statistics of one feature layer (DESIGN §4).
 
 For every class c the accumulator keeps the count n_c, the mean μ_c, the centered sum of squared
-deviations Σ_{i∈c} ‖h_i − μ_c‖² and the centered scatter Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ — either one
-d×d matrix per class (``scatter_mode='per-class'``) or the pooled within-class scatter summed over
-classes (``'pooled'``), chosen by a memory budget. Batches are combined with the pairwise update of
-Chan, Golub & LeVeque (1979/1983): for parts a and b of one class with δ = μ_b − μ_a,
+deviations Σ_{i∈c} ‖h_i − μ_c‖² and optionally the centered scatter Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ —
+one d×d matrix per class (``scatter_mode='per-class'``), the pooled within-class scatter summed over
+classes (``'pooled'``), or none (``'none'``: the model pipeline's mode, which takes the second-order
+quantities from a replay restricted to the span of the class means, see ``stats/projected.py``).
+Batches are combined with the pairwise update of Chan, Golub & LeVeque (1979/1983): for parts a and
+b of one class with δ = μ_b − μ_a,
 
     n = n_a + n_b,   μ = μ_a + δ·n_b/n,   S = S_a + S_b + δδᵀ·n_a n_b/n.
 
 Only centered quantities are ever summed, so strongly collapsed features (within-class spread 1e-6
 around means of norm 50) keep full relative accuracy, where raw second moments E[hhᵀ] − μμᵀ would
 cancel catastrophically and can even turn negative. Memory is O(K·d + K·d²) or O(K·d + d²),
-independent of the number of samples.
+independent of the number of samples: O(K·d) plus K·d², d² or nothing for the scatter.
 """
 
 from __future__ import annotations
@@ -23,23 +25,7 @@ import torch
 
 from ncbounds.errors import DataError, StatisticsError
 
-#: Per-layer bytes allowed for per-class scatter matrices before falling back to a pooled scatter.
-DEFAULT_SCATTER_BUDGET = 512 * 2**20
-
-
-def choose_scatter_mode(num_classes: int, dim: int, budget_bytes: int = DEFAULT_SCATTER_BUDGET) -> str:
-    """'per-class' if K·d² float64 values fit ``budget_bytes``, else 'pooled'.
-
-    Raises StatisticsError when not even one d×d matrix fits (e.g. flattened conv maps).
-    """
-    if num_classes * dim * dim * 8 <= budget_bytes:
-        return "per-class"
-    if dim * dim * 8 <= budget_bytes:
-        return "pooled"
-    raise StatisticsError(
-        f"a {dim}-dimensional layer needs a {dim}x{dim} float64 scatter ({dim * dim * 8 / 2**30:.1f} GiB) "
-        f"over the memory budget; use --conv-reduce avg or choose fewer/smaller --layers."
-    )
+SCATTER_MODES = ("per-class", "pooled", "none")
 
 
 class ClassStats:
@@ -50,8 +36,9 @@ class ClassStats:
     num_classes, dim:
         K and d.
     scatter_mode:
-        ``'per-class'`` keeps K matrices d×d (needed for directional CDNV in one pass); ``'pooled'``
-        keeps only the within-class scatter S_W = Σ_c S_c. ``None`` chooses by ``budget_bytes``.
+        ``'per-class'`` keeps K matrices d×d (everything, including directional CDNV, in one pass);
+        ``'pooled'`` keeps only the within-class scatter S_W = Σ_c S_c; ``'none'`` keeps no d×d
+        matrix (second-order metrics then need a :class:`~ncbounds.stats.projected.ProjectedStats`).
     name:
         Layer name, used in error messages (e.g. NaN features).
     """
@@ -60,15 +47,12 @@ class ClassStats:
         self,
         num_classes: int,
         dim: int,
-        scatter_mode: str | None = "per-class",
+        scatter_mode: str = "per-class",
         device: str | torch.device = "cpu",
         name: str = "features",
-        budget_bytes: int = DEFAULT_SCATTER_BUDGET,
     ) -> None:
-        if scatter_mode is None:
-            scatter_mode = choose_scatter_mode(num_classes, dim, budget_bytes)
-        if scatter_mode not in ("per-class", "pooled"):
-            raise ValueError(f"scatter_mode must be 'per-class' or 'pooled', not {scatter_mode!r}")
+        if scatter_mode not in SCATTER_MODES:
+            raise ValueError(f"scatter_mode must be one of {SCATTER_MODES}, not {scatter_mode!r}")
         self.num_classes = int(num_classes)
         self.dim = int(dim)
         self.scatter_mode = scatter_mode
@@ -78,7 +62,7 @@ class ClassStats:
         self.counts = torch.zeros(num_classes, dtype=torch.int64, device=dev)
         self.means = torch.zeros(num_classes, dim, **f64)
         self.sq_dev = torch.zeros(num_classes, **f64)
-        shape = (num_classes, dim, dim) if scatter_mode == "per-class" else (dim, dim)
+        shape = {"per-class": (num_classes, dim, dim), "pooled": (dim, dim), "none": (0,)}[scatter_mode]
         self.scatter = torch.zeros(shape, **f64)
 
     # ------------------------------------------------------------------ accumulation
@@ -118,7 +102,9 @@ class ClassStats:
         dev = x - means[y]
         out.counts, out.means = counts, means
         out.sq_dev = torch.zeros(K, dtype=x.dtype, device=x.device).index_add_(0, y, (dev * dev).sum(1))
-        if mode == "pooled":
+        if mode == "none":
+            out.scatter = x.new_zeros(0)
+        elif mode == "pooled":
             out.scatter = dev.T @ dev
         else:
             out.scatter = torch.zeros(K, x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
@@ -137,7 +123,7 @@ class ClassStats:
                 f"(K={self.num_classes}, d={self.dim}); they come from different layers or label sets."
             )
         if other.scatter_mode != self.scatter_mode:
-            raise StatisticsError("cannot merge per-class with pooled scatter statistics; use one scatter mode.")
+            raise StatisticsError(f"cannot merge {other.scatter_mode} into {self.scatter_mode} scatter statistics; use one scatter mode.")
         n_a = self.counts.to(torch.float64)
         n_b = other.counts.to(device=self.counts.device, dtype=torch.float64)
         n = n_a + n_b
@@ -150,7 +136,7 @@ class ClassStats:
         other_scatter = other.scatter.to(self.scatter.device)
         if self.scatter_mode == "pooled":
             self.scatter = self.scatter + other_scatter + (delta * w.unsqueeze(1)).T @ delta
-        else:
+        elif self.scatter_mode == "per-class":
             self.scatter = self.scatter + other_scatter + w.view(-1, 1, 1) * delta.unsqueeze(2) * delta.unsqueeze(1)
         self.counts = self.counts + other.counts.to(self.counts.device)
         return self
@@ -163,6 +149,8 @@ class ClassStats:
 
     def within_scatter(self) -> torch.Tensor:
         """Pooled within-class scatter S_W = Σ_c Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ (d×d, unnormalized)."""
+        if self.scatter_mode == "none":
+            raise StatisticsError("these statistics were collected without scatter matrices (scatter_mode='none').")
         return self.scatter if self.scatter_mode == "pooled" else self.scatter.sum(0)
 
     def to(self, device) -> ClassStats:

@@ -27,7 +27,8 @@ def fold_batchnorm(
     describes the eval-mode function).
 
     Reference: Ioffe & Szegedy (2015), "Batch Normalization", ICML, Alg. 2 (inference transform
-    y = γ/√(Var[x]+ε)·x + (β − γ·E[x]/√(Var[x]+ε))); Jacob et al. (2018), CVPR, §3.2 (folding).
+    y = γ/√(Var[x]+ε)·x + (β − γ·E[x]/√(Var[x]+ε))); Jacob et al. (2018), "Quantization and
+    Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference", CVPR (BN folding).
     """
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn must be a torch BatchNorm module; got {type(bn).__name__}")

@@ -174,16 +174,44 @@ def _max_singular_value(mats: np.ndarray) -> float:
     return float(np.max(np.linalg.svd(mats, compute_uv=False)))
 
 
-def _rounding_margin(w: np.ndarray, grid: tuple[int, ...], sigma: float) -> float:
+def _strided_sigma_max(w: np.ndarray, grid: tuple[int, ...], dilation: tuple[int, ...],
+                       groups: int, stride: tuple[int, ...]) -> float:
+    """Exact norm of S∘C: the circular conv C on ``grid`` followed by subsampling by ``stride``.
+
+    Requires N_i = s_i·M_i. Polyphase (aliasing) identity: with unitary DFTs, the output coefficient
+    at ω' ∈ Π{0..M_i−1} is Π s_i^{−1/2} · Σ_k P(ω' + k∘M) x̂(ω' + k∘M), k ∈ Π{0..s_i−1}; every input
+    frequency belongs to exactly one ω'. So S∘C is block-diagonal over ω' with blocks
+    B(ω') = (Π s_i)^{−1/2}·[P(ω' + k∘M)]_k of shape c_out/g × (Π s_i)·c_in/g, and
+    ‖S∘C‖ = max_{g, ω'} σ_max(B(ω')).
+    """
+    d = len(grid)
+    m = tuple(n // si for n, si in zip(grid, stride, strict=True))
+    f = _kernel_dft(w, grid, dilation, groups, half=False)  # (g, N_1..N_D, og, ig)
+    g, og, ig = f.shape[0], f.shape[-2], f.shape[-1]
+    split = [g]
+    for si, mi in zip(stride, m, strict=True):
+        split += [si, mi]  # ω = k·M + ω'  (k major)
+    f = f.reshape(tuple(split) + (og, ig))
+    k_axes = [1 + 2 * i for i in range(d)]
+    w_axes = [2 + 2 * i for i in range(d)]
+    # -> (g, M_1..M_D, og, s_1..s_D, ig) -> blocks (g, M..., og, S·ig)
+    f = f.transpose([0] + w_axes + [1 + 2 * d] + k_axes + [2 + 2 * d])
+    blocks = f.reshape((g,) + m + (og, int(np.prod(stride)) * ig))
+    return _max_singular_value(blocks) / math.sqrt(float(np.prod(stride)))
+
+
+def _rounding_margin(w: np.ndarray, grid: tuple[int, ...], sigma: float, stride_prod: int = 1
+                     ) -> float:
     """Absolute error allowance for FFT + SVD in float64.
 
-    FFT (Higham, Accuracy and Stability of Numerical Algorithms, Thm 24.2): the computed DFT of each
+    FFT (Higham 2002, Accuracy and Stability of Numerical Algorithms, 2nd ed., §24.1, error bound
+    of the Cooley–Tukey FFT): the computed DFT of each
     (o, c) kernel has 2-norm error ≲ η·log₂N·√N·‖w_oc‖₂ over all N frequencies, hence every
     per-frequency matrix has spectral error ≤ η·log₂N·√N·‖w‖_F; SVD adds O(ε·√c·σ). We take η = 16ε.
     """
     n_total = int(np.prod(grid))
     fro = float(np.linalg.norm(w.ravel()))
-    c = max(w.shape[0], w.shape[1])
+    c = max(w.shape[0], w.shape[1] * stride_prod)  # widest matrix handed to the SVD
     return 16.0 * _EPS * ((math.log2(max(n_total, 2)) + 1.0) * math.sqrt(n_total) * fro
                           + math.sqrt(c) * sigma)
 
@@ -241,30 +269,37 @@ def conv_operator_norm_upper(
 ) -> OperatorNorm:
     """Certified upper bound on the spectral norm of a zero-padded, strided, dilated, grouped conv.
 
-    Bound: ‖conv‖₂ ≤ max_{g, ω} σ_max(P_g(ω)), the norm of the circular convolution with the same
-    kernel on a grid N_i ≥ n_i + pl_i + pr_i (default: equality), P_g(ω) the c_out/g × c_in/g matrix
-    of kernel DFT coefficients at frequency ω of group g (Sedghi, Gupta & Long 2019, ICLR, Thm 6).
+    Bound (stride 1): ‖conv‖₂ ≤ max_{g, ω} σ_max(P_g(ω)), the norm of the circular convolution
+    with the same kernel on a grid N_i ≥ L_i = n_i + pl_i + pr_i (default: N_i = L_i), P_g(ω) the
+    c_out/g × c_in/g matrix of kernel DFT coefficients at frequency ω of group g (Sedghi, Gupta &
+    Long 2019, ICLR, Thm 6). Stride s > 1: ‖conv‖₂ ≤ ‖S∘C‖ = max_{g, ω'} σ_max(B_g(ω')), the exact
+    norm of the circular conv on a grid N_i = s_i·⌈L_i/s_i⌉ followed by subsampling S, where
+    B_g(ω') = (Π s_i)^{−1/2}·[P_g(ω' + k∘N/s)]_{k ∈ Π{0..s_i−1}} (polyphase/aliasing identity of
+    multirate signal processing, see ``_strided_sigma_max``); it is never larger than the stride-1
+    bound on the same grid (S is a coordinate projection) and often much smaller.
 
     Why it is an upper bound. Let L_i = n_i + pl_i + pr_i and N_i ≥ L_i. (1) Zero padding is
     E: x ↦ x placed at offset pl inside a zero grid of shape N — an isometric embedding
-    (‖Ex‖ = ‖x‖).
-    (2) For every valid stride-1 output position j (0 ≤ j_i ≤ L_i − d_i(k_i − 1) − 1) the taps
-    j + t·d stay inside [0, L_i − 1] ⊂ [0, N_i − 1], so no index wraps around and the zero-padded
-    conv output at j equals the circular correlation C on the N-grid at j: conv₁ = Π ∘ C ∘ E with Π
-    a coordinate projection (‖Π‖ ≤ 1). (3) Stride s keeps the outputs j·s — another coordinate
-    projection. Hence ‖conv‖ ≤ ‖Π_s‖·‖Π‖·‖C‖·‖E‖ = ‖C‖. (4) With groups, C is block-diagonal over
-    groups (after permuting channels), so ‖C‖ = max_g ‖C_g‖. Only the total padding per dimension
-    matters, so 'same' (PyTorch puts the odd unit on the right), 'valid', ints, tuples and
-    (left, right) pairs are all accepted. Bias is excluded (it does not enter the Lipschitz
-    constant).
+    (‖Ex‖ = ‖x‖). (2) For every valid stride-1 output position j (0 ≤ j_i ≤ L_i − d_i(k_i − 1) − 1)
+    the taps j + t·d stay inside [0, L_i − 1] ⊂ [0, N_i − 1], so no index wraps around and the
+    zero-padded conv output at j equals the circular correlation C on the N-grid at j:
+    conv₁ = Π ∘ C ∘ E with Π a coordinate projection (‖Π‖ ≤ 1). (3) Stride s keeps the outputs
+    j·s — another coordinate projection; when N_i is a multiple of s_i these outputs are among
+    those of S∘C (positions that are multiples of s on the N-grid), so conv = Π' ∘ S ∘ C ∘ E and
+    ‖conv‖ ≤ ‖S∘C‖ ≤ ‖C‖. (4) With groups, C is block-diagonal over groups (after permuting
+    channels), so the norm is the max over groups. Only the total padding per dimension matters,
+    so 'same' (PyTorch puts the odd unit on the right), 'valid', ints, tuples and (left, right)
+    pairs are all accepted. Bias is excluded (it does not enter the Lipschitz constant).
 
     ``padding_mode='circular'`` is supported when 2·p_i = d_i(k_i − 1) (the 'same' case): the conv
-    is then the circular conv on the n-grid (exact for stride 1) followed by subsampling (upper
-    bound). Other padding modes ('reflect', 'replicate') are refused: their padding is not an
-    isometry.
+    is then (a shift of) the circular conv on the n-grid followed by subsampling — exact for
+    stride 1 and for strides dividing n (a shift multiplies the polyphase blocks by unit-modulus
+    phases), an upper bound (stride ignored) otherwise. Other padding modes ('reflect',
+    'replicate') are refused: their padding is not an isometry.
 
     The value includes an absolute float64 rounding margin (``_rounding_margin``, ~1e-13 relative).
-    Method 'fft-circular-embedding' (exact=False), or 'fft-circular-exact' for circular stride 1.
+    Method 'fft-circular-embedding' (exact=False), or 'fft-circular-exact' for the exact circular
+    cases above.
     """
     w = _to_float64(weight)
     d, n = _conv_geometry(w, input_shape, groups)
@@ -291,22 +326,32 @@ def conv_operator_norm_upper(
                 "padding_mode='circular' is supported only with total padding d*(k-1) per "
                 "dimension ('same'); use padding='same'"
             )
-        res = conv_operator_norm_circular(w, n, dil, groups)
-        exact = all(si == 1 for si in s)
-        return OperatorNorm(res.value, "fft-circular-exact" if exact else "fft-circular-embedding",
-                            exact)
+        if all(si == 1 for si in s):
+            return conv_operator_norm_circular(w, n, dil, groups)
+        if all(ni % si == 0 for ni, si in zip(n, s, strict=True)):
+            sigma = _strided_sigma_max(w, n, dil, groups, s)
+            margin = _rounding_margin(w, n, sigma, int(np.prod(s)))
+            return OperatorNorm(sigma + margin, "fft-circular-exact", True)
+        res = conv_operator_norm_circular(w, n, dil, groups)  # stride ignored: upper bound
+        return OperatorNorm(res.value, "fft-circular-embedding", False)
     if padding_mode != "zeros":
         raise ValueError(
             f"padding_mode={padding_mode!r} is not supported: only 'zeros' and 'circular' padding "
             "are isometric, so only they give a certified bound"
         )
 
-    if grid is None:
-        g_shape = lengths
+    strided = any(si > 1 for si in s)
+    if grid is None:  # smallest admissible grid: >= L_i and a multiple of s_i
+        g_shape = tuple(-(-li // si) * si for li, si in zip(lengths, s, strict=True))
     else:
         g_shape = _tuple(grid, d, "grid")
         if any(gi < li for gi, li in zip(g_shape, lengths, strict=True)):
             raise ValueError(f"grid {g_shape} must be at least the padded input size {lengths}")
-    sigma = _max_singular_value(_kernel_dft(w, g_shape, dil, groups, half=True))
-    value = sigma + _rounding_margin(w, g_shape, sigma)
+        if strided and any(gi % si for gi, si in zip(g_shape, s, strict=True)):
+            raise ValueError(f"grid {g_shape} must be a multiple of the stride {s}")
+    if strided:
+        sigma = _strided_sigma_max(w, g_shape, dil, groups, s)
+    else:
+        sigma = _max_singular_value(_kernel_dft(w, g_shape, dil, groups, half=True))
+    value = sigma + _rounding_margin(w, g_shape, sigma, int(np.prod(s)))
     return OperatorNorm(value, "fft-circular-embedding", False)
