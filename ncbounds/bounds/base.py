@@ -81,3 +81,21 @@ def register(name: str, *, bounds: str, status: str, reference: str, group: str)
         return func
 
     return wrap
+
+
+# ------------------------------------------------------------------------------------------------
+# replay accumulators: per-sample statistics that bounds need and the pass does not collect.
+#
+# A bound module may register ``factory(stats, info) -> accumulator | None`` under a key; the
+# pipeline calls it for the penultimate layer of each split in ``splits`` after the pass, with
+# ``stats`` the split's ClassStats (final means) and ``info`` = {"split": name, "head": (W, b) or
+# None, "reference_means": training means (K×d float64) or None for the training split itself}.
+# The accumulator's ``update(features, labels)`` then sees every float64 feature row of that split,
+# and the fed object is available to bounds as ``ctx.<split>.extras[key]``.
+
+REPLAY: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {}
+
+
+def register_replay(key: str, factory: Callable[..., Any], splits: tuple[str, ...] = ("train", "test")) -> None:
+    """Request a replay accumulator (see above) for the penultimate layer of ``splits``."""
+    REPLAY[key] = (factory, tuple(splits))

@@ -57,6 +57,7 @@ class SplitStatistics:
         self.logits: LogitStats | None = None
         self.projected: dict[str, ProjectedStats] = {}
         self.ncc: dict[str, NCCCounter] = {}
+        self.extras: dict[str, dict[str, object]] = {}
         self._spill = FeatureSpill(spill_dir)
 
     # ------------------------------------------------------------------ streaming
@@ -93,17 +94,28 @@ class SplitStatistics:
         """Per-layer (means, present-mask): the NCC reference this split provides to other splits."""
         return {name: (s.means.clone(), s.counts > 0) for name, s in self.layers.items()}
 
-    def finish(self, reference_means: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, chunk_rows: int = 4096) -> None:
+    def finish(
+        self,
+        reference_means: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        chunk_rows: int = 4096,
+        replay_accumulators: dict[str, dict[str, object]] | None = None,
+    ) -> None:
         """Replay the spilled features (see module docstring), then delete them.
 
         ``reference_means``: the training split's :meth:`class_means` for NCC decisions; None means
         this *is* the training split and its own means are used.
+        ``replay_accumulators``: {layer: {key: factory}}; each ``factory(class_stats)`` returns an
+        object with ``update(features, labels)`` (float64 features of that layer, in order) or None;
+        the fed objects are kept in ``self.extras[layer][key]``. Bounds use this for moments that
+        need the final means (fourth moments, decision-axis statistics) without another forward pass.
         """
         if self._spill is None:
             return
         try:
             for name, stats in self.layers.items():
                 projected = ProjectedStats(stats.means, stats.counts)
+                extras = {key: make(stats) for key, make in ((replay_accumulators or {}).get(name) or {}).items()}
+                extras = {key: acc for key, acc in extras.items() if acc is not None}
                 means, present = (reference_means or self.class_means())[name]
                 counter = NCCCounter(means.to(self.device), present.to(self.device))
                 use_nc4 = name == self.penultimate and _NC4 in self._spill.rows
@@ -112,9 +124,13 @@ class SplitStatistics:
                     h = torch.as_tensor(chunk, device=self.device)
                     y = torch.as_tensor(y, device=self.device)
                     projected.update(h, y)
+                    for acc in extras.values():
+                        acc.update(h, y)
                     counter.update(h, y, None if pred is None else torch.as_tensor(pred, device=self.device))
                 self.projected[name] = projected
                 self.ncc[name] = counter
+                if extras:
+                    self.extras[name] = extras
         finally:
             self._spill.close()
             self._spill = None
