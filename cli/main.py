@@ -7,6 +7,7 @@ Data goes to stdout or ``-o FILE``; progress and logs go to stderr. Exit codes: 
 from __future__ import annotations
 
 import functools
+import inspect as pyinspect
 import json
 import sys
 import traceback
@@ -25,9 +26,13 @@ def _fail(message: str, code: int) -> None:
 def handle_errors(func):
     """Turn library errors into one line on stderr and an exit code; --debug shows the traceback."""
 
+    wants_debug = "debug" in pyinspect.signature(func).parameters
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         debug = kwargs.pop("debug", False)
+        if wants_debug:
+            kwargs["debug"] = debug
         try:
             return func(*args, **kwargs)
         except NCBoundsError as exc:
@@ -92,16 +97,37 @@ def evaluation_options(func):
         click.option("--convention", default="canonical", show_default=True, help="Metric convention (see `ncbounds conventions`)."),
         click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling (only for checkpoints from a trusted source)."),
         click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--bounds", default="default", show_default=True,
+                     help="Bounds: default (all but Monte-Carlo ones), all, none, certificates, predictors, a group or NAME,NAME."),
+        click.option("--delta", default=0.05, show_default=True, type=float, help="Failure probability of each certificate."),
+        click.option("--init", "init", help="Checkpoint at initialization (prior centre / distance-to-init terms)."),
+        click.option("--mc-samples", default=100, show_default=True, type=int, help="Monte-Carlo weight draws for PAC-Bayes."),
+        click.option("--shots", help="m values for the m-shot transfer bounds, e.g. 1,5,10 (default: training samples per class)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
     return func
 
 
+def _shots(text: str | None):
+    from ncbounds.errors import UsageError
+
+    if not text:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--shots must be comma-separated positive integers such as 1,5,10, not {text!r}.") from None
+    if any(v < 1 for v in values):
+        raise UsageError(f"--shots must be positive integers, not {text!r}.")
+    return values
+
+
 def _options_from(kw: dict):
     from ncbounds.pipeline import EvalOptions
 
     return EvalOptions(
+        bounds=kw["bounds"], delta=kw["delta"], init=kw["init"], mc_samples=kw["mc_samples"], shots=_shots(kw["shots"]),
         arch=kw["arch"], arch_kwargs=_json_object(kw["arch_kwargs"], "--arch-kwargs"), data=kw["data"],
         layers=kw["layers"], device=kw["device"], batch_size=kw["batch_size"], conv_reduce=kw["conv_reduce"],
         convention=kw["convention"], trust_checkpoint=kw["trust_checkpoint"], seed=kw["seed"],
@@ -115,13 +141,14 @@ def _options_from(kw: dict):
 @click.option("-o", "--output", help="Write the report to this file instead of stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
-def report(checkpoint, fmt, output, quiet, **kw):
+def report(checkpoint, fmt, output, quiet, debug=False, **kw):
     """Report collapse metrics and bounds for one CHECKPOINT (omit it with --data features:FILE)."""
     from ncbounds.pipeline import evaluate
     from ncbounds.report.table import render_table
 
     opts = _options_from(kw)
     opts.progress = not quiet
+    opts.debug = debug
     record = evaluate(checkpoint, opts)
     for note in record.notes:
         click.echo(f"note: {note}", err=True)
@@ -189,6 +216,23 @@ def demo(out_dir, epochs, seed, fmt):
     click.echo(record.to_json() if fmt == "json" else render_table(record))
 
 
+@main.command("list-bounds")
+@click.option("--explain", "name", help="Print the formula, assumptions and reference of one bound.")
+@handle_errors
+def list_bounds(name):
+    """Print the bound catalogue (name, status, what it bounds, reference)."""
+    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, explain, load_catalogue
+
+    if name:
+        click.echo(explain(name))
+        return
+    catalogue = load_catalogue()
+    width = max(len(n) for n in catalogue)
+    for spec in sorted(catalogue.values(), key=lambda s: (s.group, s.name)):
+        cost = " (Monte Carlo; not in default)" if spec.group in EXPENSIVE_GROUPS else ""
+        click.echo(f"{spec.name:<{width}}  {spec.status:<15}  {spec.group:<14}  {spec.bounds}{cost}\n{'':<{width}}  ↳ {spec.reference}")
+
+
 @main.command()
 def conventions():
     """List the metric conventions and what each changes."""
@@ -198,6 +242,17 @@ def conventions():
         diff = ", ".join(f"{k}={v}" for k, v in conv.differences().items()) or "—"
         click.echo(f"{conv.name}\n  differs from canonical: {diff}\n  {conv.description}\n")
 
+
+def _register_subcommands() -> None:
+    """Commands defined in their own modules (batch, exports), attached to the group."""
+    from cli.batch_cmd import batch
+    from cli.results_cmd import correlate, export, plot
+
+    for command in (batch, export, correlate, plot):
+        main.add_command(command)
+
+
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

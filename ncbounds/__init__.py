@@ -5,6 +5,7 @@ Python API::
     import ncbounds
     record = ncbounds.evaluate("run/epoch10.pt", arch="mlp:width=128", data="digits")
     record.test_error, record.metric("nc1", split="train")
+    table = ncbounds.load_results("run/ncbounds-results")   # one row per checkpoint
 """
 
 __version__ = "0.1.0"
@@ -17,4 +18,11 @@ def evaluate(checkpoint=None, options=None, **kwargs):
     return _evaluate(checkpoint, options, **kwargs)
 
 
-__all__ = ["__version__", "evaluate"]
+def load_results(path):
+    """Results folder (or record file) → wide pandas DataFrame; see :func:`ncbounds.report.results.load_results`."""
+    from ncbounds.report.results import load_results as _load_results
+
+    return _load_results(path)
+
+
+__all__ = ["__version__", "evaluate", "load_results"]

@@ -12,6 +12,7 @@ delegated to the pure statistics, metrics and bound modules. Order of work (DESI
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import platform
 import time
@@ -22,8 +23,11 @@ import numpy as np
 import torch
 
 import ncbounds
+from ncbounds.bounds.base import replay_requests
 from ncbounds.bounds.binomial import clopper_pearson
-from ncbounds.errors import DataError, UsageError
+from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
+from ncbounds.bounds.runner import run_bounds, select_bounds
+from ncbounds.errors import DataError, NCBoundsError, UsageError
 from ncbounds.features import PENULTIMATE, FeatureExtractor, find_head, resolve_layers
 from ncbounds.io.checkpoints import load_checkpoint, load_into_model
 from ncbounds.io.datasets import DataSource, iterate_batches, load_data
@@ -55,7 +59,13 @@ class EvalOptions:
     trust_checkpoint: bool = False
     effective_depth_epsilon: float = 0.01
     seed: int = 0
+    bounds: str = "default"
+    delta: float = 0.05
+    init: str | None = None
+    mc_samples: int = 100
+    shots: tuple[int, ...] | None = None
     progress: bool = False
+    debug: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,7 +144,7 @@ def _check_labels(data: DataSource, num_classes: int) -> None:
             )
 
 
-def _stream(split_name, split, prep, extractor, head, device, opts, reference, conv):
+def _stream(split_name, split, prep, extractor, head, device, opts, reference, conv, replay=None):
     """One pass over one split, then the replay of its features; returns the finished statistics."""
     acc = SplitStatistics(prep_num_classes(prep, head), penultimate=PENULTIMATE, device=device)
     n_batches = (len(split) + opts.batch_size - 1) // opts.batch_size
@@ -159,7 +169,7 @@ def _stream(split_name, split, prep, extractor, head, device, opts, reference, c
             acc.update(feats, yb.to(device), logits, nc4)
             bar.advance()
     bar.close()
-    acc.finish(reference)
+    acc.finish(reference, replay_accumulators=replay)
     return acc
 
 
@@ -181,6 +191,9 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
     if opts.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {opts.batch_size}.")
     conv = get_convention(opts.convention)
+    selected = select_bounds(opts.bounds)  # validate names before any work
+    if not 0 < opts.delta < 1:
+        raise UsageError(f"--delta must lie strictly between 0 and 1, got {opts.delta}.")
     torch.manual_seed(opts.seed)
     t_start = time.perf_counter()
     prep = _prepare(checkpoint, opts)
@@ -210,7 +223,9 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
     with ctx:
         for name in SPLITS:
             t0 = time.perf_counter()
-            splits[name] = _stream(name, getattr(prep.data, name), prep, extractor, head, device, opts, reference, conv)
+            info = {"split": name, "head": head, "reference_means": None if reference is None else reference[PENULTIMATE][0]}
+            replay = {PENULTIMATE: replay_requests(selected, name, info)} if selected else None
+            splits[name] = _stream(name, getattr(prep.data, name), prep, extractor, head, device, opts, reference, conv, replay)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings[f"pass_{name}"] = time.perf_counter() - t0
@@ -220,10 +235,80 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
     t0 = time.perf_counter()
     record = _assemble(prep, splits, head, conv, opts, device, num_classes)
     timings["metrics"] = time.perf_counter() - t0
+    if selected:
+        t0 = time.perf_counter()
+        ctx = _bound_context(prep, splits, head, record, opts, device, num_classes)
+        record.bounds = [r.to_dict() for r in run_bounds(ctx, selected, debug=opts.debug)]
+        record.notes += [f"each certificate holds with probability ≥ 1 − δ = {1 - opts.delta:g} on its own; "
+                         f"k of them hold together with probability ≥ 1 − k·δ."] if any(b["status"] == "certificate" for b in record.bounds) else []
+        timings["bounds"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     record.timings = timings
     record.context = {"splits": splits, "head": head, "model": prep.model, "data": prep.data, "init_checkpoint": prep.init_checkpoint}
     return record
+
+
+def _load_init_state(path: str, model: torch.nn.Module, opts: EvalOptions) -> dict[str, torch.Tensor]:
+    """The initialization weights as a state_dict keyed like ``model`` (prefixes stripped, CPU)."""
+    ckpt = load_checkpoint(path, trust=opts.trust_checkpoint)
+    if ckpt.module is not None:
+        return {k: v.detach().cpu() for k, v in ckpt.module.state_dict().items()}
+    clone = copy.deepcopy(model).cpu()
+    load_into_model(clone, ckpt)
+    return {k: v.detach().cpu() for k, v in clone.state_dict().items()}
+
+
+def _input_norms(split) -> dict[str, float]:
+    """Σ_i ‖x_i‖² and max_i ‖x_i‖ of the flattened inputs (for the norm-based bounds), in float64 chunks."""
+    total, largest = 0.0, 0.0
+    flat = split.x.reshape(len(split.x), -1)
+    for start in range(0, len(flat), 8192):
+        sq = np.square(flat[start : start + 8192], dtype=np.float64).sum(1)
+        total += float(sq.sum())
+        largest = max(largest, float(np.sqrt(sq.max())))
+    return {"sum_sq": total, "max": largest, "m": len(flat)}
+
+
+def _bound_context(prep, splits, head, record, opts, device, num_classes) -> BoundContext:
+    def summary(name: str) -> SplitSummary:
+        sp = splits[name]
+        return SplitSummary(
+            n=sp.layers[PENULTIMATE].total,
+            errors=sp.logits.errors if sp.logits is not None else None,
+            margins=sp.logits.margins if sp.logits is not None else None,
+            stats=sp.layers[PENULTIMATE],
+            projected=sp.projected.get(PENULTIMATE),
+            metrics=record.layers[PENULTIMATE]["metrics"][name],
+            extras=sp.extras.get(PENULTIMATE, {}),
+        )
+
+    init_state = None
+    init_path = opts.init or prep.init_checkpoint
+    if prep.model is not None and init_path:
+        try:
+            init_state = _load_init_state(init_path, prep.model, opts)
+        except NCBoundsError as exc:
+            record.notes.append(f"the initialization checkpoint could not be used ({exc}); init-based bounds are not applicable.")
+    gibbs = None
+    if prep.model is not None:
+        from ncbounds.perturb import make_gibbs_oracle
+
+        gibbs = make_gibbs_oracle(prep.model, prep.data, device, opts.batch_size)
+    record.options["init"] = init_path
+    return BoundContext(
+        num_classes=num_classes,
+        train=summary("train"),
+        test=summary("test"),
+        options=BoundOptions(delta=opts.delta, shots=tuple(opts.shots) if opts.shots else None, mc_samples=opts.mc_samples, seed=opts.seed),
+        head=head,
+        model=prep.model,
+        init_state=init_state,
+        input_shape=tuple(prep.data.input_shape),
+        input_norms=_input_norms(prep.data.train) if prep.model is not None else {},
+        layerwise=record.layerwise,
+        gibbs=gibbs,
+        layer_fuzziness=[layer["metrics"]["train"]["separation_fuzziness"] for layer in record.layers.values()],
+    )
 
 
 class _NullContext:
@@ -280,6 +365,7 @@ def _assemble(prep, splits, head, conv, opts, device, num_classes) -> EvalRecord
         model_info = {"arch": "linear head from features file", "num_classes": num_classes, "penultimate": "features file", "num_params": int(head[0].numel() + head[1].numel())}
     options = asdict(opts)
     options.pop("progress", None)
+    options.pop("debug", None)
     provenance = {
         "ncbounds": ncbounds.__version__,
         "torch": torch.__version__,

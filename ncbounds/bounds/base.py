@@ -93,9 +93,37 @@ def register(name: str, *, bounds: str, status: str, reference: str, group: str)
 # The accumulator's ``update(features, labels)`` then sees every float64 feature row of that split,
 # and the fed object is available to bounds as ``ctx.<split>.extras[key]``.
 
-REPLAY: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {}
+@dataclass(frozen=True)
+class ReplaySpec:
+    """A registered replay accumulator: its factory, the splits it runs on, the bounds that need it."""
+
+    key: str
+    factory: Callable[..., Any]
+    splits: tuple[str, ...]
+    needed_by: tuple[str, ...] | None  # None: requested whenever any bound is evaluated
 
 
-def register_replay(key: str, factory: Callable[..., Any], splits: tuple[str, ...] = ("train", "test")) -> None:
-    """Request a replay accumulator (see above) for the penultimate layer of ``splits``."""
-    REPLAY[key] = (factory, tuple(splits))
+REPLAY: dict[str, ReplaySpec] = {}
+
+
+def register_replay(
+    key: str,
+    factory: Callable[..., Any],
+    splits: tuple[str, ...] = ("train", "test"),
+    needed_by: tuple[str, ...] | None = None,
+) -> None:
+    """Request a replay accumulator (see above) for the penultimate layer of ``splits``.
+
+    ``needed_by``: names of the bounds that use it, so it only runs when one of them is selected.
+    """
+    REPLAY[key] = ReplaySpec(key, factory, tuple(splits), None if needed_by is None else tuple(needed_by))
+
+
+def replay_requests(selected: list[str], split: str, info: dict) -> dict[str, Callable[..., Any]]:
+    """Factories (bound to ``info``) of the replay accumulators the ``selected`` bounds need on ``split``."""
+    out = {}
+    for spec in REPLAY.values():
+        wanted = spec.needed_by is None or any(n in selected for n in spec.needed_by)
+        if selected and wanted and split in spec.splits:
+            out[spec.key] = (lambda stats, _f=spec.factory: _f(stats, info))
+    return out

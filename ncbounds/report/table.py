@@ -27,9 +27,22 @@ def fmt(value, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(str(text).split(" ")[0].strip("[],"))
+        return True
+    except ValueError:
+        return str(text) == "—"
+
+
 def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Plain-text table: first column and text columns left-aligned, numeric columns right-aligned."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    numeric = [i > 0 and all(_is_number(r[i]) or r[i] == "" for r in rows) for i in range(len(header))]
+
+    def line(r):
+        return "  ".join(str(c).rjust(w) if numeric[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
     return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
 
 
@@ -57,12 +70,19 @@ def render_table(record: EvalRecord) -> str:
         out.append("")
     if r.bounds:
         test = r.errors.get("test") or {}
-        out.append(f"bounds (read against the measured test error {fmt(test.get('error'))}):")
+        ci = test.get("ci95") or [None, None]
+        out.append(f"bounds, read against the measured test error {fmt(test.get('error'))} "
+                   f"(95% CI [{fmt(ci[0])}, {fmt(ci[1])}]):")
         rows = []
         for b in r.bounds:
             flag = "VACUOUS" if b.get("vacuous") else ""
-            rows.append([b["name"], fmt(b.get("value")), b.get("status", ""), b.get("bounds", ""), flag])
-        out += _grid(["bound", "value", "status", "bounds", ""], rows)
+            delta = fmt(b.get("delta"), 3) if b.get("status") == "certificate" else ""
+            rows.append([b["name"], fmt(b.get("value")), b.get("status", ""), delta, flag, b.get("bounds", "")])
+        out += _grid(["bound", "value", "status", "δ", "", "bounds"], rows)
+        reasons = [f"  {b['name']}: {b['reason']}" for b in r.bounds if b.get("status") == "not-applicable" and b.get("reason")]
+        if reasons:
+            out.append("not applicable:")
+            out += reasons
         out.append("")
     pen = r.layers.get("penultimate")
     if pen:
