@@ -108,6 +108,11 @@ def _prepare(checkpoint: str | None, opts: EvalOptions) -> _Prepared:
     arch = opts.arch or side.arch
     kwargs = {**(side.arch_kwargs or {}), **(opts.arch_kwargs or {})}
     prefixes: list[str] = []
+    if ckpt.format == "torchscript" and not arch:
+        raise UsageError(
+            f"{checkpoint} is a TorchScript archive, whose submodules cannot be hooked; pass --arch (e.g. mlp:width=128) "
+            f"so its weights are loaded into a Python model."
+        )
     if ckpt.module is not None and not arch:
         model = ckpt.module
         arch = f"<{ckpt.format}: {type(model).__name__}>"
@@ -223,7 +228,9 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
     with ctx:
         for name in SPLITS:
             t0 = time.perf_counter()
-            info = {"split": name, "head": head, "reference_means": None if reference is None else reference[PENULTIMATE][0]}
+            info = {"split": name, "head": head,
+                    "reference_means": None if reference is None else reference[PENULTIMATE][0],
+                    "reference_present": None if reference is None else reference[PENULTIMATE][1]}
             replay = {PENULTIMATE: replay_requests(selected, name, info)} if selected else None
             splits[name] = _stream(name, getattr(prep.data, name), prep, extractor, head, device, opts, reference, conv, replay)
             if device.type == "cuda":

@@ -7,6 +7,7 @@ through ``PYTHONPATH``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -18,6 +19,21 @@ from torch import nn
 #: The tiny MLP of the pipeline tests: 8×8 digits → two ReLU layers of width 32 → 10 classes.
 ARCH = "mlp:input_dim=64,num_classes=10,width=32,depth=2"
 DATA = "digits"
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch single-threaded (restored afterwards).
+
+    The models here are tiny, so intra-op threads only add synchronisation; on loaded CI cores an
+    OpenMP barrier waiting for a descheduled thread made these tests ~20x slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,15 +62,29 @@ def sgd_steps(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int = 60, l
 
 
 def trained_mlp(arch: str = ARCH, steps: int = 60, seed: int = 0, x=None, y=None) -> nn.Module:
-    """Build ``arch`` (seeded), take ``steps`` SGD steps on the digits training split (or x, y); eval mode."""
+    """Build ``arch`` (seeded), take ``steps`` SGD steps on the digits training split (or x, y); eval mode.
+
+    Training on the digits split is cached per (arch, steps, seed), so every test module shares it;
+    each call returns a fresh model.
+    """
     from ncbounds.models import build_model
 
+    if x is None:
+        state = _trained_on_digits(arch, steps, seed)
+        model = build_model(arch)
+        model.load_state_dict(state)
+        return model.eval()
     torch.manual_seed(seed)
     model = build_model(arch)
-    if x is None:
-        x, y, _, _ = digits_split()
     sgd_steps(model, x, y, steps=steps, seed=seed)
     return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_on_digits(arch: str, steps: int, seed: int) -> dict:
+    x, y, _, _ = digits_split()
+    model = trained_mlp(arch, steps, seed, x=x, y=y)
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 class BNDropNet(nn.Module):
@@ -131,5 +161,5 @@ def eval_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval()
 
 
-def tests_dir() -> str:
-    return os.path.dirname(os.path.abspath(__file__))
+#: The ``tests/`` folder (put on ``PYTHONPATH`` of subprocesses so pickled helper classes import).
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

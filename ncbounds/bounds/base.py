@@ -89,7 +89,8 @@ def register(name: str, *, bounds: str, status: str, reference: str, group: str)
 # A bound module may register ``factory(stats, info) -> accumulator | None`` under a key; the
 # pipeline calls it for the penultimate layer of each split in ``splits`` after the pass, with
 # ``stats`` the split's ClassStats (final means) and ``info`` = {"split": name, "head": (W, b) or
-# None, "reference_means": training means (K×d float64) or None for the training split itself}.
+# None, "reference_means": training means (K×d float64) or None for the training split itself,
+# "reference_present": bool mask of the classes present in the training split, or None}.
 # The accumulator's ``update(features, labels)`` then sees every float64 feature row of that split,
 # and the fed object is available to bounds as ``ctx.<split>.extras[key]``.
 

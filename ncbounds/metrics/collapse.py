@@ -294,12 +294,12 @@ def collapse_notes(stats: ClassStats, split: str, layer: str) -> list[str]:
     single = [c for c, n in enumerate(counts) if n == 1]
     if absent:
         notes.append(
-            f"{split} split has no samples of class(es) {_short(absent)}; {layer} metrics use the "
+            f"{split} split has no samples of {_classes(absent)}; {layer} metrics use the "
             f"{len(counts) - len(absent)} present classes (add samples of every class for comparable numbers)."
         )
     if single:
         notes.append(
-            f"class(es) {_short(single)} have a single {split} sample, so their within-class variance is 0 "
+            f"{_classes(single)} {'has' if len(single) == 1 else 'have'} a single {split} sample, so the within-class variance is 0 "
             f"at {layer}; treat CDNV/NC1 with care or add samples."
         )
     k = len(counts) - len(absent)
@@ -311,6 +311,10 @@ def collapse_notes(stats: ClassStats, split: str, layer: str) -> list[str]:
                 f"(rank-deficient Σ_B); NC1 uses the pseudo-inverse on that rank."
             )
     return notes
+
+
+def _classes(items: list[int]) -> str:
+    return ("class " if len(items) == 1 else "classes ") + _short(items)
 
 
 def _short(items: list[int], limit: int = 8) -> str:

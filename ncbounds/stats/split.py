@@ -74,17 +74,18 @@ class SplitStatistics:
         ``logits``, bias included).
         """
         labels = labels.to(self.device)
+        # layers first, in forward order: non-finite values are reported at the first layer showing them
+        for name, feats in features.items():
+            if name not in self.layers:
+                self.layers[name] = ClassStats(self.num_classes, feats.shape[1], self.scatter_mode, device=self.device, name=name)
+            self.layers[name].update(feats, labels)
+            self._spill.append(name, feats.detach().cpu().numpy())
         if logits is not None:
             if self.logits is None:
                 self.logits = LogitStats(self.num_classes)
             self.logits.update(logits, labels)
             if nc4_predictions is None:
                 nc4_predictions = logits.argmax(1)
-        for name, feats in features.items():
-            if name not in self.layers:
-                self.layers[name] = ClassStats(self.num_classes, feats.shape[1], self.scatter_mode, device=self.device, name=name)
-            self.layers[name].update(feats, labels)
-            self._spill.append(name, feats.detach().cpu().numpy())
         self._spill.append(_LABELS, labels.cpu().numpy())
         if nc4_predictions is not None:
             self._spill.append(_NC4, nc4_predictions.cpu().numpy())

@@ -1,0 +1,130 @@
+"""Helpers shared by the command modules: error handling, output, shared evaluation options.
+
+Kept apart from ``cli.main`` so command modules can import them without importing the group
+(which imports the command modules).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect as pyinspect
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from ncbounds.errors import NCBoundsError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func):
+    """Turn library errors into one line on stderr and an exit code; --debug shows the traceback."""
+
+    wants_debug = "debug" in pyinspect.signature(func).parameters
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.pop("debug", False)
+        if wants_debug:
+            kwargs["debug"] = debug
+        try:
+            return func(*args, **kwargs)
+        except NCBoundsError as exc:
+            if debug:
+                traceback.print_exc()
+            _fail(str(exc), exc.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except (KeyboardInterrupt, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback without --debug
+            if debug:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"unexpected {type(exc).__name__}: {first} (re-run with --debug for the traceback and report it).", 1)
+
+    return click.option("--debug", is_flag=True, help="Show full tracebacks.")(wrapper)
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text if text.endswith("\n") else text + "\n")
+        tmp.replace(path)
+        click.echo(f"wrote {path}", err=True)
+    else:
+        click.echo(text)
+
+
+def _json_object(text: str | None, what: str) -> dict:
+    from ncbounds.errors import UsageError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} must be a JSON object such as '{{\"width\": 512}}' ({exc.msg}).") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object such as '{{\"width\": 512}}'.")
+    return value
+
+
+def evaluation_options(func):
+    """Options shared by `report` and `batch`."""
+    opts = [
+        click.option("--arch", help="Architecture spec: mlp:width=512, resnet18-cifar, file.py:Class, pkg.mod:factory."),
+        click.option("--arch-kwargs", help="JSON object of architecture keyword arguments."),
+        click.option("--data", "data", help="Data spec: digits, mnist1d, gaussian-etf:K=10,d=64, npz:FILE, cifar10:ROOT, features:FILE."),
+        click.option("--layers", help="Extra layers to measure: NAME,NAME or 'all' (the penultimate layer is always measured)."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]."),
+        click.option("--batch-size", default=256, show_default=True, type=int),
+        click.option("--conv-reduce", type=click.Choice(["avg", "flatten"]), default="avg", show_default=True, help="Reduction of conv feature maps."),
+        click.option("--convention", default="canonical", show_default=True, help="Metric convention (see `ncbounds conventions`)."),
+        click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling (only for checkpoints from a trusted source)."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--bounds", default="default", show_default=True,
+                     help="Bounds: default (all but Monte-Carlo ones), all, none, certificates, predictors, a group or NAME,NAME."),
+        click.option("--delta", default=0.05, show_default=True, type=float, help="Failure probability of each certificate."),
+        click.option("--init", "init", help="Checkpoint at initialization (prior centre / distance-to-init terms)."),
+        click.option("--mc-samples", default=100, show_default=True, type=int, help="Monte-Carlo weight draws for PAC-Bayes."),
+        click.option("--shots", help="m values for the m-shot transfer bounds, e.g. 1,5,10 (default: training samples per class)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _shots(text: str | None):
+    from ncbounds.errors import UsageError
+
+    if not text:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--shots must be comma-separated positive integers such as 1,5,10, not {text!r}.") from None
+    if any(v < 1 for v in values):
+        raise UsageError(f"--shots must be positive integers, not {text!r}.")
+    return values
+
+
+def _options_from(kw: dict):
+    from ncbounds.pipeline import EvalOptions
+
+    return EvalOptions(
+        bounds=kw["bounds"], delta=kw["delta"], init=kw["init"], mc_samples=kw["mc_samples"], shots=_shots(kw["shots"]),
+        arch=kw["arch"], arch_kwargs=_json_object(kw["arch_kwargs"], "--arch-kwargs"), data=kw["data"],
+        layers=kw["layers"], device=kw["device"], batch_size=kw["batch_size"], conv_reduce=kw["conv_reduce"],
+        convention=kw["convention"], trust_checkpoint=kw["trust_checkpoint"], seed=kw["seed"],
+    )
+
+

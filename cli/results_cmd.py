@@ -1,0 +1,125 @@
+"""`ncbounds export`, `ncbounds correlate`, `ncbounds plot`: commands over a results folder (DESIGN §7).
+
+The command objects are registered on the ``main`` group by ``cli/main.py``. They reuse its
+``handle_errors`` and ``_write``, imported when a command runs (``cli.main`` imports this module to
+register the commands, so importing it back at import time would be circular).
+Data goes to stdout or ``-o FILE``; notes (skipped files) go to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+
+def _handle_errors(func):
+    """``cli.main.handle_errors`` (one-line errors, exit codes, --debug), resolved at call time."""
+    wrapped = {}
+
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        if "f" not in wrapped:
+            from cli.main import handle_errors
+
+            wrapped["f"] = handle_errors(func)
+        return wrapped["f"](*args, **kwargs)
+
+    return click.option("--debug", is_flag=True, help="Show full tracebacks.")(call)
+
+
+def _write(text: str, output: str | None) -> None:
+    from cli.main import _write as write
+
+    write(text, output)
+
+
+def _write_bytes(data: bytes, output: str) -> None:
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    click.echo(f"wrote {path}", err=True)
+
+
+def _load(results: str):
+    from ncbounds.report.results import load_records
+
+    records = load_records(results)
+    if records.summary():
+        click.echo(f"note: {records.summary()}", err=True)
+    return records
+
+
+@click.command()
+@click.argument("results")
+@click.option("--format", "fmt", type=click.Choice(["csv", "csv-long", "json", "latex", "parquet"]), default="csv", show_default=True)
+@click.option("-o", "--output", help="Write to this file instead of stdout (required for parquet).")
+@click.option("--columns", help="Wide-table columns to keep, in order: names or patterns, e.g. checkpoint,test_error,bound.*.")
+@_handle_errors
+def export(results, fmt, output, columns):
+    """Export the records of a RESULTS folder (or JSON record file) as CSV, tidy CSV, JSON, LaTeX or Parquet."""
+    from ncbounds.errors import UsageError
+    from ncbounds.report.export import export as render
+
+    if fmt == "parquet" and not output:
+        raise UsageError("--format parquet is binary; give -o FILE.parquet.")
+    records = _load(results)
+    data = render(records, fmt, columns=columns)
+    if isinstance(data, bytes):
+        _write_bytes(data, output)
+    else:
+        _write(data.rstrip("\n"), output)
+
+
+@click.command()
+@click.argument("results")
+@click.option("--target", type=click.Choice(["test_error", "gap"]), default="test_error", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "latex"]), default="table", show_default=True)
+@click.option("--hparams", help="Hyperparameters of the granulated τ, e.g. lr,width (default: every hp with ≥ 2 values, seeds excluded).")
+@click.option("-o", "--output", help="Write to this file instead of stdout.")
+@_handle_errors
+def correlate(results, target, fmt, hparams, output):
+    """Kendall τ-b and granulated Kendall (Jiang et al. 2020) of every measure and bound with the test error or gap."""
+    from ncbounds.report.correlate import correlate_table, render_text
+    from ncbounds.report.export import latex_table
+    from ncbounds.report.results import records_to_frame
+
+    df = records_to_frame(_load(results))
+    table = correlate_table(df, target=target, hparams=hparams)
+    if fmt == "table":
+        text = render_text(table)
+    elif fmt == "csv":
+        text = table.to_csv(index=False, lineterminator="\n")
+    else:
+        text = latex_table(table, default=None)
+    _write(text.rstrip("\n"), output)
+
+
+@click.command()
+@click.argument("results")
+@click.option("--kind", type=click.Choice(["bounds", "epochs", "layers"]), required=True,
+              help="bounds: bound vs test error; epochs: metrics and bounds vs epoch; layers: log D_l vs layer.")
+@click.option("-o", "--output", required=True, help="Image file: .png or .pdf.")
+@click.option("--x", "x", default="hp.epoch", show_default=True, help="Horizontal axis of --kind epochs (hp.epoch or hp.step).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Split of --kind layers.")
+@_handle_errors
+def plot(results, kind, output, x, split):
+    """Plot a RESULTS folder: bounds vs test error, metrics vs epoch, or log D_l vs layer."""
+    from ncbounds.report import plots
+    from ncbounds.report.results import records_to_frame
+
+    plots.check_path(output)
+    records = _load(results)
+    if kind == "bounds":
+        path = plots.plot_bounds(records_to_frame(records), output)
+    elif kind == "epochs":
+        path = plots.plot_epochs(records_to_frame(records), output, x=x)
+    else:
+        path = plots.plot_layers(records, output, split=split)
+    click.echo(f"wrote {path}", err=True)
+
+
+__all__ = ["correlate", "export", "plot"]

@@ -1,0 +1,345 @@
+"""Reading a results folder (one EvalRecord JSON file per checkpoint) into records and a wide table.
+
+A results folder is what ``ncbounds batch`` writes: one ``*.json`` record per checkpoint (layout in
+:mod:`ncbounds.report.record`, plus ``record['batch'] = {root, relative_path, options_hash}``), and one
+``*.error.json`` file per checkpoint that failed. :func:`load_records` reads the records and skips (and
+counts) the error files, temporary files and JSON files that are not records; :func:`load_results`
+turns the records into the wide table, one row per checkpoint.
+
+Wide-table columns, in this order (missing values are NaN):
+
+* provenance: ``checkpoint`` (checkpoint path; the data spec for a features-file record),
+  ``relative_path`` (``record['batch']``), ``sha256``, ``format``, ``arch``, ``data`` (data spec),
+  ``convention``, ``device``, ``created`` (ISO string);
+* ``hp.<key>`` for every hyperparameter of ``provenance.hyperparameters`` (union over records, sorted
+  by key; lists and dicts are JSON-encoded strings);
+* measured errors: ``train_error``, ``train_error.lo``, ``train_error.hi``, ``test_error``,
+  ``test_error.lo``, ``test_error.hi`` (95 % Clopper–Pearson interval), ``gap`` = test − train error,
+  ``n_train``, ``n_test``, ``num_classes``, ``num_params``;
+* penultimate-layer metrics ``<split>.<metric>`` (``train.nc1`` … then ``test.nc1`` …, metric names in
+  the order of the records);
+* layerwise summaries ``train.layerwise_rho``, ``train.layerwise_r``, ``test.layerwise_rho``,
+  ``test.layerwise_r``, ``effective_depth``, ``effective_depth_layer``;
+* for every bound (in the order of the records): ``bound.<name>`` (value), ``bound.<name>.status``,
+  ``bound.<name>.vacuous``.
+
+Rows are sorted by ``checkpoint`` (then ``relative_path``), lexicographically. Metric, error and bound
+values are float64. Every other column has exactly the dtype ``pandas.read_csv`` infers for it from the
+CSV export (the frame is normalized that way), so ``read_csv(export(df, 'csv'))`` gives the same frame:
+e.g. integer hyperparameters are int64 (float64 when some are missing), ``bound.<name>.vacuous`` is bool
+(object holding True/False/NaN when a bound is absent from some records), a column with no value at all
+is float64 NaN, and text that looks like a number or like a missing value (``"NA"``) is read as such.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ncbounds.errors import DataError
+
+SPLITS = ("train", "test")
+PROVENANCE_COLUMNS = ("checkpoint", "relative_path", "sha256", "format", "arch", "data", "convention", "device", "created")
+ERROR_COLUMNS = (
+    "train_error", "train_error.lo", "train_error.hi", "test_error", "test_error.lo", "test_error.hi", "gap",
+)
+SIZE_COLUMNS = ("n_train", "n_test", "num_classes", "num_params")
+LAYERWISE_COLUMNS = (
+    "train.layerwise_rho", "train.layerwise_r", "test.layerwise_rho", "test.layerwise_r", "effective_depth", "effective_depth_layer",
+)
+#: suffixes of temporary / partial files a writer may leave in a results folder
+_TEMP_MARKERS = (".tmp", ".part", ".partial", ".swp", "~")
+
+
+class Records(list):
+    """A list of record dicts, with what was skipped while reading them.
+
+    ``sources``: the file each record came from (same order); ``error_files``: the ``*.error.json``
+    files (failed checkpoints); ``skipped``: {reason: [paths]} for temporary files ("temporary"), JSON
+    that is not an EvalRecord ("not a record") and files that could not be parsed ("unreadable").
+    """
+
+    def __init__(self, items: Iterable[dict] = (), sources: Iterable[str | None] | None = None) -> None:
+        super().__init__(items)
+        self.sources: list[str | None] = list(sources) if sources is not None else [None] * len(self)
+        self.error_files: list[str] = []
+        self.skipped: dict[str, list[str]] = {}
+
+    def summary(self) -> str:
+        """One line: how many records were read and what was skipped ('' when nothing was skipped)."""
+        parts = []
+        if self.error_files:
+            parts.append(f"{len(self.error_files)} failed checkpoint(s) (*.error.json)")
+        for reason, paths in self.skipped.items():
+            parts.append(f"{len(paths)} {reason} file(s)")
+        return f"read {len(self)} record(s); skipped " + ", ".join(parts) if parts else ""
+
+    def counts(self) -> dict[str, int]:
+        """{'records': n, 'error_records': n, <skip reason>: n} (JSON-friendly)."""
+        return {"records": len(self), "error_records": len(self.error_files), **{k: len(v) for k, v in self.skipped.items()}}
+
+
+def is_record(obj: Any) -> bool:
+    """True for a dict in the EvalRecord layout (it has ``errors`` and ``layers``)."""
+    return isinstance(obj, dict) and "errors" in obj and "layers" in obj
+
+
+def _is_temporary(path: Path, root: Path) -> bool:
+    rel = path.relative_to(root).parts if path != root else (path.name,)
+    if any(part.startswith(".") for part in rel):
+        return True
+    name = path.name
+    return name.startswith("~") or any(marker in name for marker in _TEMP_MARKERS)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def load_records(path: str | Path | Iterable[dict]) -> Records:
+    """Read evaluation records from a results folder or from one JSON file.
+
+    ``path``: a folder (searched recursively for ``*.json``), a JSON file holding one record or a list
+    of records (the ``json`` export), or an iterable of record dicts (returned as :class:`Records`).
+    Skipped, and counted on the returned :class:`Records`: ``*.error.json`` files (failed checkpoints),
+    temporary JSON files (hidden ones such as the batch writer's ``.NAME.json.PID.HEX.tmp``, ``*.tmp``,
+    ``*.part`` …), JSON files that are not EvalRecords and files that cannot be parsed. Files without
+    ``.json`` in their name (lock files, logs) are ignored. Records are returned in path order. Raises :class:`DataError` when the path
+    does not exist or holds no record.
+    """
+    if not isinstance(path, (str, Path)):
+        items = list(path)
+        bad = [i for i, r in enumerate(items) if not is_record(r)]
+        if bad:
+            raise DataError(f"item {bad[0]} is not an evaluation record (a dict with 'errors' and 'layers'); "
+                            "pass EvalRecord.to_dict() results.")
+        return Records(items)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p} does not exist; give a results folder written by `ncbounds batch` or a JSON record file.")
+    out = Records()
+    if p.is_file():
+        if p.name.endswith(".error.json"):
+            raise DataError(f"{p} is the error record of a failed checkpoint and holds no results; "
+                            "give a successful record or the results folder.")
+        try:
+            data = _read_json(p)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{p} is not readable JSON ({exc}); "
+                            "give a record written by `ncbounds report --format json` or `ncbounds batch`.") from None
+        items = data if isinstance(data, list) else [data]
+        for item in items:
+            if is_record(item):
+                out.append(item)
+                out.sources.append(str(p))
+            else:
+                out.skipped.setdefault("not a record", []).append(str(p))
+        if not out:
+            raise DataError(f"{p} holds no evaluation record (a JSON object with 'errors' and 'layers').")
+        return out
+    for file in sorted(f for f in p.rglob("*") if f.is_file()):
+        name = file.name
+        if ".json" not in name:
+            continue  # other files (lock files, logs, checkpoints) are not results
+        if _is_temporary(file, p):
+            out.skipped.setdefault("temporary", []).append(str(file))
+            continue
+        if not name.endswith(".json"):
+            out.skipped.setdefault("temporary", []).append(str(file))
+            continue
+        if name.endswith(".error.json"):
+            out.error_files.append(str(file))
+            continue
+        try:
+            data = _read_json(file)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            out.skipped.setdefault("unreadable", []).append(str(file))
+            continue
+        if is_record(data):
+            out.append(data)
+            out.sources.append(str(file))
+        else:
+            out.skipped.setdefault("not a record", []).append(str(file))
+    if not out:
+        extra = f" ({out.summary().split('; ', 1)[1]})" if out.summary() else ""
+        raise DataError(f"no evaluation records found in {p}{extra}; run `ncbounds batch` into this folder first.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the wide table
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _float(value: Any) -> float:
+    """A float for a metric/bound/error value; NaN for None and for anything non-numeric."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value.item())  # numpy scalar
+    except (AttributeError, TypeError, ValueError):
+        return math.nan
+
+
+def _scalar(value: Any) -> Any:
+    """Hyperparameter/provenance value as a table cell: scalars as they are, containers as JSON text."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def checkpoint_label(record: dict) -> str | None:
+    """The ``checkpoint`` column: the checkpoint path, or the data spec of a features-file record."""
+    return _get(record, "checkpoint", "path") or _get(record, "data", "spec")
+
+
+def _sort_key(item: tuple[int, dict]) -> tuple:
+    i, rec = item
+    return (checkpoint_label(rec) or "", _get(rec, "batch", "relative_path") or "", i)
+
+
+def sorted_records(records: Iterable[dict]) -> list[dict]:
+    """Records in the row order of the wide table: by checkpoint path, then batch relative path."""
+    return [r for _, r in sorted(enumerate(records), key=_sort_key)]
+
+
+def bound_names(record: dict) -> list[tuple[str, dict]]:
+    """(column name, bound dict) of a record's bounds; a repeated name gets '#2', '#3' …"""
+    seen: dict[str, int] = {}
+    out = []
+    for b in record.get("bounds") or []:
+        name = str(b.get("name"))
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", b))
+    return out
+
+
+def _row(record: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(float cells, other cells) of one record."""
+    floats: dict[str, Any] = {}
+    other: dict[str, Any] = {
+        "checkpoint": checkpoint_label(record),
+        "relative_path": _get(record, "batch", "relative_path"),
+        "sha256": _get(record, "checkpoint", "sha256"),
+        "format": _get(record, "checkpoint", "format"),
+        "arch": _get(record, "model", "arch"),
+        "data": _get(record, "data", "spec"),
+        "convention": _get(record, "convention", "name"),
+        "device": _get(record, "provenance", "device"),
+        "created": _get(record, "provenance", "created"),
+    }
+    for key, value in (_get(record, "provenance", "hyperparameters") or {}).items():
+        other[f"hp.{key}"] = _scalar(value)
+    errors = record.get("errors") or {}
+    for split in SPLITS:
+        e = errors.get(split) or {}
+        ci = e.get("ci95") or [None, None]
+        floats[f"{split}_error"] = _float(e.get("error"))
+        floats[f"{split}_error.lo"] = _float(ci[0])
+        floats[f"{split}_error.hi"] = _float(ci[1])
+    floats["gap"] = floats["test_error"] - floats["train_error"]
+    for split in SPLITS:
+        other[f"n_{split}"] = _get(record, "data", "splits", split, "n")
+    other["num_classes"] = _get(record, "data", "num_classes") or _get(record, "model", "num_classes")
+    other["num_params"] = _get(record, "model", "num_params")
+    metrics = _get(record, "layers", "penultimate", "metrics") or {}
+    for split in SPLITS:
+        for name, value in (metrics.get(split) or {}).items():
+            if value is None or isinstance(value, (bool, int, float)) or hasattr(value, "item"):
+                floats[f"{split}.{name}"] = _float(value)
+    lw = record.get("layerwise") or {}
+    for split in SPLITS:
+        floats[f"{split}.layerwise_rho"] = _float(_get(lw, split, "layerwise_rho"))
+        floats[f"{split}.layerwise_r"] = _float(_get(lw, split, "layerwise_r"))
+    other["effective_depth"] = lw.get("effective_depth")
+    other["effective_depth_layer"] = lw.get("effective_depth_layer")
+    for name, b in bound_names(record):
+        floats[f"bound.{name}"] = _float(b.get("value"))
+        other[f"bound.{name}.status"] = b.get("status")
+        other[f"bound.{name}.vacuous"] = b.get("vacuous")
+    return floats, other
+
+
+def _column_order(rows: list[tuple[dict, dict]]) -> list[str]:
+    def union(keys_of) -> list[str]:
+        seen: dict[str, None] = {}
+        for floats, other in rows:
+            for key in keys_of(floats, other):
+                seen.setdefault(key, None)
+        return list(seen)
+
+    hps = sorted(union(lambda f, o: [k for k in o if k.startswith("hp.")]))
+    metric_cols = []
+    for split in SPLITS:
+        metric_cols += [k for k in union(lambda f, o, s=split: [k for k in f if k.startswith(f"{s}.")]) if k not in LAYERWISE_COLUMNS]
+    bounds = union(lambda f, o: [k for k in f if k.startswith("bound.")])
+    bound_cols = [c for b in bounds for c in (b, f"{b}.status", f"{b}.vacuous")]
+    return [*PROVENANCE_COLUMNS, *hps, *ERROR_COLUMNS, *SIZE_COLUMNS, *metric_cols, *LAYERWISE_COLUMNS, *bound_cols]
+
+
+def csv_normalized(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every non-float column given the dtype and values ``pandas.read_csv`` infers from
+    ``df.to_csv(index=False)``; float64 columns are kept bit for bit (they round-trip as they are)."""
+    cols = [c for c in df.columns if df[c].dtype != "float64"]
+    if not cols:
+        return df.reset_index(drop=True)
+    back = pd.read_csv(io.StringIO(df[cols].to_csv(index=False, lineterminator="\n")))
+    back.columns = cols
+    data = {c: (back[c] if c in cols else df[c].reset_index(drop=True)) for c in df.columns}
+    return pd.DataFrame(data, columns=list(df.columns))
+
+
+def records_to_frame(records: Iterable[dict]) -> pd.DataFrame:
+    """The wide table (see the module docstring) of record dicts: one row per record, sorted by checkpoint."""
+    recs = sorted_records(records)
+    rows = [_row(r) for r in recs]
+    order = _column_order(rows)
+    float_cols = {k for floats, _ in rows for k in floats}
+    data: dict[str, pd.Series] = {}
+    for col in order:
+        if col in float_cols:
+            data[col] = pd.Series([f.get(col, math.nan) for f, _ in rows], dtype="float64")
+        else:
+            data[col] = pd.Series([o.get(col) for _, o in rows], dtype=object)
+    df = pd.DataFrame(data, columns=order)
+    return csv_normalized(df)
+
+
+def load_results(path: str | Path | Iterable[dict]) -> pd.DataFrame:
+    """The wide table of a results folder, a JSON record file or a list of record dicts.
+
+    One row per checkpoint, sorted by checkpoint path; columns and dtypes as in the module docstring
+    (``hp.<key>``, ``train_error`` … ``gap``, ``<split>.<metric>``, ``bound.<name>[.status|.vacuous]``).
+    Failed checkpoints (``*.error.json``) and temporary files are skipped; their counts are in
+    ``df.attrs['ncbounds']`` ({'records', 'error_records', …}).
+    """
+    records = load_records(path)
+    df = records_to_frame(records)
+    df.attrs["ncbounds"] = records.counts()
+    return df
+
+
+__all__ = [
+    "Records", "is_record", "load_records", "load_results", "records_to_frame", "sorted_records", "bound_names",
+    "checkpoint_label", "csv_normalized",
+]
