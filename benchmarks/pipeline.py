@@ -43,41 +43,41 @@ def forward_time(model, data, batch_size, device) -> float:
     return time.perf_counter() - start
 
 
-def report_time(ckpt, arch, data_spec, batch_size, device, layers) -> float:
-    rec = evaluate(ckpt, EvalOptions(arch=arch, data=data_spec, batch_size=batch_size, device=str(device), layers=layers))
+def report_time(ckpt, arch, data_spec, batch_size, device, layers, bounds) -> float:
+    rec = evaluate(ckpt, EvalOptions(arch=arch, data=data_spec, batch_size=batch_size, device=str(device), layers=layers, bounds=bounds))
     t = rec.timings
     return t["total"] - t["load"]
 
 
-def overhead(name, arch, data_spec, batch_size, device, layers, repeats, workdir):
+def overhead(name, arch, data_spec, batch_size, device, layers, bounds, repeats, workdir):
     torch.manual_seed(0)
     model = build_model(arch)
-    ckpt = os.path.join(workdir, f"{name}.pt")
+    ckpt = os.path.join(workdir, name.replace("/", "_") + ".pt")
     torch.save(model.state_dict(), ckpt)
     data = load_data(data_spec)
     fwd, rep = [], []
-    report_time(ckpt, arch, data_spec, batch_size, device, layers)  # warm-up (allocator, kernels)
+    report_time(ckpt, arch, data_spec, batch_size, device, layers, bounds)  # warm-up (allocator, kernels)
     for _ in range(repeats):
         fwd.append(forward_time(model, data, batch_size, device))
-        rep.append(report_time(ckpt, arch, data_spec, batch_size, device, layers))
+        rep.append(report_time(ckpt, arch, data_spec, batch_size, device, layers, bounds))
     n = len(data.train) + len(data.test)
-    return {"model": name, "n": n, "batch_size": batch_size, "layers": layers or "penultimate",
+    return {"model": name, "n": n, "batch_size": batch_size, "layers": layers or "penultimate", "bounds": bounds,
             "forward_s": min(fwd), "report_s": min(rep), "ratio": min(rep) / min(fwd)}
 
 
-def peak_memory_child(n_samples: int, layers) -> float:
+def peak_memory_child(n_samples: int, layers, bounds) -> float:
     code = (
         "import resource, sys, torch; sys.path.insert(0, %r)\n"
         "from ncbounds.models import build_model\n"
         "from ncbounds.pipeline import evaluate\n"
         "torch.manual_seed(0); m = build_model('mlp:input_dim=40,num_classes=10,width=256,depth=3')\n"
         "torch.save(m.state_dict(), %r)\n"
-        "evaluate(%r, arch='mlp:input_dim=40,num_classes=10,width=256,depth=3', data='mnist1d:n=%d', layers=%r, device='cpu')\n"
+        "evaluate(%r, arch='mlp:input_dim=40,num_classes=10,width=256,depth=3', data='mnist1d:n=%d', layers=%r, bounds=%r, device='cpu')\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )
     tmp = tempfile.mkdtemp()
     ck = os.path.join(tmp, "m.pt")
-    out = subprocess.run([sys.executable, "-c", code % (os.path.dirname(HERE), ck, ck, n_samples, layers)],
+    out = subprocess.run([sys.executable, "-c", code % (os.path.dirname(HERE), ck, ck, n_samples, layers, bounds)],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -86,17 +86,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and a smaller ResNet input set")
     ap.add_argument("--layers", default=None, help="also hook these layers (e.g. all)")
+    ap.add_argument("--bounds", default="none", help="bounds to evaluate too (e.g. default = all but Monte-Carlo ones)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--skip-mlp", action="store_true", help="(e.g. where mnist1d is not installed)")
+    ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--json", help="write results to this file")
     args = ap.parse_args()
     device = torch.device(args.device)
     repeats = 2 if args.quick else 3
     results = []
     with tempfile.TemporaryDirectory() as work:
-        results.append(overhead("mlp/mnist1d", "mlp:input_dim=40,num_classes=10,width=512,depth=3", "mnist1d",
-                                256, device, args.layers, repeats, work))
-        print(json.dumps(results[-1]), flush=True)
+        if not args.skip_mlp:
+            results.append(overhead("mlp/mnist1d", "mlp:input_dim=40,num_classes=10,width=512,depth=3", "mnist1d",
+                                    256, device, args.layers, args.bounds, repeats, work))
+            print(json.dumps(results[-1]), flush=True)
         if not args.skip_resnet:
             n = 500 if args.quick else 2000
             rng = np.random.default_rng(0)
@@ -106,17 +110,18 @@ def main() -> None:
                      y_train=rng.integers(0, 10, n - n_test), x_test=rng.standard_normal((n_test, 3, 32, 32)).astype(np.float32),
                      y_test=rng.integers(0, 10, n_test))
             results.append(overhead("resnet18-cifar/random32", "resnet18-cifar:num_classes=10", f"npz:{npz}",
-                                    128, device, args.layers, max(1, repeats - 1), work))
+                                    128, device, args.layers, args.bounds, max(1, repeats - 1), work))
             print(json.dumps(results[-1]), flush=True)
-    mem = {"N": 5000, "peak_mb_N": peak_memory_child(5000, args.layers), "peak_mb_10N": peak_memory_child(50000, args.layers)}
-    mem["ratio_10N_over_N"] = mem["peak_mb_10N"] / mem["peak_mb_N"]
-    print(json.dumps(mem), flush=True)
-    results.append(mem)
     print(f"\n{'model':<26}{'n':>7}{'forward s':>11}{'report s':>10}{'ratio':>8}")
-    for r in results[:-1]:
+    for r in results:
         print(f"{r['model']:<26}{r['n']:>7}{r['forward_s']:>11.3f}{r['report_s']:>10.3f}{r['ratio']:>8.3f}")
-    print(f"peak RSS mnist1d MLP: N={mem['N']}: {mem['peak_mb_N']:.0f} MB, 10·N: {mem['peak_mb_10N']:.0f} MB "
-          f"(ratio {mem['ratio_10N_over_N']:.3f})")
+    if not args.skip_memory:
+        mem = {"N": 5000, "peak_mb_N": peak_memory_child(5000, args.layers, args.bounds),
+               "peak_mb_10N": peak_memory_child(50000, args.layers, args.bounds)}
+        mem["ratio_10N_over_N"] = mem["peak_mb_10N"] / mem["peak_mb_N"]
+        results.append(mem)
+        print(f"peak RSS mnist1d MLP: N={mem['N']}: {mem['peak_mb_N']:.0f} MB, 10·N: {mem['peak_mb_10N']:.0f} MB "
+              f"(ratio {mem['ratio_10N_over_N']:.3f})")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -97,6 +97,7 @@ def evaluation_options(func):
         click.option("--init", "init", help="Checkpoint at initialization (prior centre / distance-to-init terms)."),
         click.option("--mc-samples", default=100, show_default=True, type=int, help="Monte-Carlo weight draws for PAC-Bayes."),
         click.option("--shots", help="m values for the m-shot transfer bounds, e.g. 1,5,10 (default: training samples per class)."),
+        click.option("--amp", is_flag=True, help="Run the forward pass under mixed precision (statistics stay float64)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -121,7 +122,7 @@ def _options_from(kw: dict):
     from ncbounds.pipeline import EvalOptions
 
     return EvalOptions(
-        bounds=kw["bounds"], delta=kw["delta"], init=kw["init"], mc_samples=kw["mc_samples"], shots=_shots(kw["shots"]),
+        bounds=kw["bounds"], delta=kw["delta"], init=kw["init"], mc_samples=kw["mc_samples"], shots=_shots(kw["shots"]), amp=kw["amp"],
         arch=kw["arch"], arch_kwargs=_json_object(kw["arch_kwargs"], "--arch-kwargs"), data=kw["data"],
         layers=kw["layers"], device=kw["device"], batch_size=kw["batch_size"], conv_reduce=kw["conv_reduce"],
         convention=kw["convention"], trust_checkpoint=kw["trust_checkpoint"], seed=kw["seed"],

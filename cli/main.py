@@ -86,20 +86,27 @@ def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
 
 @main.command()
 @click.option("--out", "out_dir", default="ncbounds-demo", show_default=True, help="Folder for checkpoints and results.")
-@click.option("--epochs", default=12, show_default=True, type=int)
+@click.option("--epochs", default=8, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @handle_errors
-def demo(out_dir, epochs, seed, fmt):
-    """Train a small MLP on the bundled digits data (CPU, no download) and report its last checkpoint."""
-    from ncbounds.demo import train_demo
-    from ncbounds.pipeline import evaluate
+def demo(out_dir, epochs, seed):
+    """Train a small MLP sweep on the bundled digits (CPU, no download), evaluate every checkpoint,
+    print the last report and the correlation table, and write CSV and plots into OUT."""
+    from ncbounds.demo import run_demo
+    from ncbounds.report.correlate import render_text
+    from ncbounds.report.record import EvalRecord
     from ncbounds.report.table import render_table
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    paths = train_demo(out_dir, epochs=epochs, seed=seed, log=log)
-    record = evaluate(str(paths[-1]), layers="all", device="cpu", seed=seed)
-    click.echo(record.to_json() if fmt == "json" else render_table(record))
+    result = run_demo(out_dir, epochs=epochs, seed=seed, log=log)
+    click.echo(render_table(EvalRecord.from_dict(result["last"])))
+    click.echo("\ncorrelation with the test error across the sweep (Kendall τ-b; ψ/Ψ: granulated, Jiang et al. 2020):")
+    click.echo(render_text(result["correlations"]))
+    click.echo("")
+    for key, path in result["files"].items():
+        click.echo(f"{key:>13}: {path}")
+    if result["summary"].failed:
+        _fail(f"{result['summary'].failed} checkpoint(s) failed; see the *.error.json files in {result['files']['results']}.", 3)
 
 
 @main.command("list-bounds")

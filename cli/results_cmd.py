@@ -105,8 +105,9 @@ def correlate(results, target, fmt, hparams, output):
 @click.option("-o", "--output", required=True, help="Image file: .png or .pdf.")
 @click.option("--x", "x", default="hp.epoch", show_default=True, help="Horizontal axis of --kind epochs (hp.epoch or hp.step).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Split of --kind layers.")
+@click.option("--predictors", is_flag=True, help="Also draw predictors in --kind bounds (they have no error scale).")
 @_handle_errors
-def plot(results, kind, output, x, split):
+def plot(results, kind, output, x, split, predictors):
     """Plot a RESULTS folder: bounds vs test error, metrics vs epoch, or log D_l vs layer."""
     from ncbounds.report import plots
     from ncbounds.report.results import records_to_frame
@@ -114,7 +115,7 @@ def plot(results, kind, output, x, split):
     plots.check_path(output)
     records = _load(results)
     if kind == "bounds":
-        path = plots.plot_bounds(records_to_frame(records), output)
+        path = plots.plot_bounds(records_to_frame(records), output, predictors=predictors)
     elif kind == "epochs":
         path = plots.plot_epochs(records_to_frame(records), output, x=x)
     else:

@@ -1,9 +1,11 @@
-"""The demo run: train a small MLP on the bundled scikit-learn digits and save a checkpoint per epoch.
+"""The demo: a small sweep on the bundled scikit-learn digits, evaluated end to end.
 
-Each checkpoint ``epoch_XX.pt`` (a plain state_dict) gets a sidecar ``epoch_XX.json`` with its
-hyperparameters (``epoch``, ``lr``, ``width``, ``seed``); the folder's ``ncbounds.json`` names the
-architecture, the data spec and the initialization checkpoint ``init.pt`` shared by all epochs.
-Everything runs on the CPU in seconds and needs no download.
+:func:`train_demo` trains one MLP and saves a checkpoint per epoch: each ``epoch_XX.pt`` (a plain
+state_dict) gets a sidecar ``epoch_XX.json`` with its hyperparameters (``epoch``, ``lr``, ``width``,
+``seed``); the folder's ``ncbounds.json`` names the architecture, the data spec and the
+initialization checkpoint ``init.pt`` shared by all epochs. :func:`run_demo` trains two widths, batch-
+evaluates every checkpoint (``--layers all``, default bounds), and writes the wide CSV, the
+correlation table and three plots. Everything runs on the CPU and needs no download.
 """
 
 from __future__ import annotations
@@ -63,3 +65,39 @@ def train_demo(
         if log:
             log(f"epoch {epoch:2d}/{epochs}: train loss {total / len(x):.4f} -> {path}")
     return paths
+
+
+DEMO_WIDTHS = (64, 128)
+
+
+def run_demo(out_dir: str | Path, epochs: int = 8, widths=DEMO_WIDTHS, seed: int = 0, log=None, progress: bool = True) -> dict:
+    """Train ``widths`` × ``epochs`` checkpoints, batch-evaluate them, export CSV, correlations and plots.
+
+    Returns the paths written and the last checkpoint's record (as a dict) and correlation table.
+    """
+    from ncbounds.batch import run_batch
+    from ncbounds.pipeline import EvalOptions
+    from ncbounds.report.correlate import correlate_table
+    from ncbounds.report.export import export
+    from ncbounds.report.plots import plot_bounds, plot_epochs, plot_layers
+    from ncbounds.report.results import load_records, records_to_frame
+
+    out = Path(out_dir)
+    for width in widths:
+        train_demo(out / "runs" / f"width{width}", epochs=epochs, width=width, seed=seed, log=log)
+    results = out / "results"
+    options = EvalOptions(layers="all", device="cpu", seed=seed, bounds="default")
+    summary = run_batch(out / "runs", results, options, resume=True, progress=progress, log=log)
+    records = load_records(results)
+    table = records_to_frame(records)
+    files = {"results": results, "csv": out / "results.csv", "correlations": out / "correlations.csv",
+             "plot_bounds": out / "bounds.png", "plot_epochs": out / "epochs.png", "plot_layers": out / "layers.png"}
+    files["csv"].write_text(export(table, "csv"))
+    corr = correlate_table(table, target="test_error")
+    corr.to_csv(files["correlations"], index=False)
+    plot_bounds(table, files["plot_bounds"])
+    plot_epochs(table, files["plot_epochs"])
+    last = max(records, key=lambda r: (r["provenance"]["hyperparameters"].get("width", 0), r["provenance"]["hyperparameters"].get("epoch", 0)))
+    plot_layers([r for r in records if r["provenance"]["hyperparameters"].get("width") == last["provenance"]["hyperparameters"]["width"]],
+                files["plot_layers"])
+    return {"files": files, "summary": summary, "last": last, "correlations": corr}

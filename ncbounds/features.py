@@ -86,9 +86,9 @@ def reduce_features(output: torch.Tensor, mode: str) -> torch.Tensor:
     raise UsageError(f"--conv-reduce must be 'avg' or 'flatten', not {mode!r}.")
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True when ``a`` and ``b`` view the same memory with the same layout (detached aliases)."""
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+def _layout(t: torch.Tensor) -> tuple:
+    """Memory address and layout: equal for two views of the same data (detached aliases)."""
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
 
 
 class FeatureExtractor:
@@ -103,12 +103,18 @@ class FeatureExtractor:
         self.layers = layers
         self.conv_reduce = conv_reduce
         self.features: dict[str, torch.Tensor] = {}
+        self._origin: dict[str, torch.Tensor] = {}
         self._handles = []
 
     def _capture(self, name):
         def hook(_module, _inputs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
-            self.features[name] = reduce_features(out.detach(), self.conv_reduce)
+            feats = reduce_features(out.detach(), self.conv_reduce)
+            # keep the uncloned view alive until run() ends, so its address cannot be reused by a
+            # later tensor (the duplicate-of-head-input test below compares addresses)
+            self._origin[name] = feats
+            # a later in-place op (ReLU(inplace=True), residual +=) would overwrite an alias
+            self.features[name] = feats.clone() if feats.data_ptr() == out.data_ptr() else feats
 
         return hook
 
@@ -130,6 +136,7 @@ class FeatureExtractor:
     def run(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Forward ``x``; returns (features by layer in forward order, logits)."""
         self.features = {}
+        self._origin = {}
         out = self.model(x)
         logits = out[0] if isinstance(out, (tuple, list)) else out
         feats = self.features
@@ -137,6 +144,8 @@ class FeatureExtractor:
             head_input = feats.pop(PENULTIMATE)
             # a hooked module whose output *is* the head input (e.g. the last ReLU of an MLP) would
             # duplicate the penultimate layer; it is reported once, as 'penultimate'
-            feats = {k: v for k, v in feats.items() if not _same_tensor(v, head_input)}
+            head_layout = _layout(head_input)
+            feats = {k: v for k, v in feats.items() if k not in self._origin or _layout(self._origin[k]) != head_layout}
             feats[PENULTIMATE] = head_input
+        self._origin = {}
         return feats, logits

@@ -12,6 +12,7 @@ delegated to the pure statistics, metrics and bound modules. Order of work (DESI
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import platform
@@ -64,6 +65,7 @@ class EvalOptions:
     init: str | None = None
     mc_samples: int = 100
     shots: tuple[int, ...] | None = None
+    amp: bool = False
     progress: bool = False
     debug: bool = False
 
@@ -167,11 +169,12 @@ def _stream(split_name, split, prep, extractor, head, device, opts, reference, c
                     logits = h @ W.T + b
             else:
                 xb = xb.pin_memory().to(device, non_blocking=True) if pin else xb
-                feats, logits = extractor.run(xb)
+                with torch.autocast(device.type, dtype=torch.float16 if pin else torch.bfloat16, enabled=opts.amp):
+                    feats, logits = extractor.run(xb)
             nc4 = None
             if logits is not None and not conv.nc4_use_bias and head is not None:
                 nc4 = (feats[PENULTIMATE].to(torch.float64) @ head[0].to(device).T).argmax(1)
-            acc.update(feats, yb.to(device), logits, nc4)
+            acc.update(feats, yb.pin_memory().to(device, non_blocking=True) if pin else yb, logits, nc4)
             bar.advance()
     bar.close()
     acc.finish(reference, replay_accumulators=replay)
@@ -225,7 +228,7 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
     splits: dict[str, SplitStatistics] = {}
     reference = None
     ctx = extractor if extractor is not None else _NullContext()
-    with ctx:
+    with ctx, _exact_cuda_math(device):
         for name in SPLITS:
             t0 = time.perf_counter()
             info = {"split": name, "head": head,
@@ -318,6 +321,20 @@ def _bound_context(prep, splits, head, record, opts, device, num_classes) -> Bou
     )
 
 
+@contextlib.contextmanager
+def _exact_cuda_math(device: torch.device):
+    """Disable TF32 in matmul and cuDNN while evaluating on a GPU, so features match the CPU's float32."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 class _NullContext:
     def __enter__(self):
         return self
@@ -336,6 +353,8 @@ def _errors(split: SplitStatistics) -> dict | None:
 
 def _assemble(prep, splits, head, conv, opts, device, num_classes) -> EvalRecord:
     notes = list(prep.notes)
+    if opts.amp:
+        notes.append("the forward pass ran under automatic mixed precision (--amp): features are half precision, statistics are still float64.")
     train = splits["train"]
     order = list(train.layers)  # forward order, penultimate last
     W = head[0] if head is not None else None

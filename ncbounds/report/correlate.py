@@ -56,7 +56,8 @@ def measure_columns(df: pd.DataFrame, target: str = "test_error") -> list[str]:
         if col.endswith((".lo", ".hi", ".status", ".vacuous")):
             continue
         dtype = df[col].dtype
-        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        informative = df[col].notna().sum() >= 2  # an all-missing column (e.g. depth never reached) has no τ
+        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) and informative:
             out.append(col)
     return out
 

@@ -102,20 +102,21 @@ def bound_styles(df: pd.DataFrame, cols: list[str]) -> list[tuple[str, str | Non
     return out
 
 
-def plot_bounds(df: pd.DataFrame, path: str | os.PathLike, target: str = "test_error") -> Path:
+def plot_bounds(df: pd.DataFrame, path: str | os.PathLike, target: str = "test_error", predictors: bool = False) -> Path:
     """Every bound's value against the measured test error, one point per checkpoint, log–log axes.
 
     Colour family = status (blue certificates, orange plug-in, green up-to-constants, hollow purple
     predictors), shade and marker = the bound within its status; the legend names both. The y = x line
     is drawn (a valid bound lies above it) and the vacuous region y ≥ 1 is shaded; horizontal bars are
     the 95 % Clopper–Pearson interval of the test error. Points with a non-positive value (not
-    drawable on log axes) are left out and counted in the title.
+    drawable on log axes) are left out and counted in the title. Predictors (no error scale) are
+    drawn only with ``predictors=True``.
     Returns the written path (PNG or PDF by suffix).
     """
     p = check_path(path)
     if target not in df.columns:
         raise DataError(f"the results have no {target!r} column (records without measured errors); nothing to plot bounds against.")
-    cols = [c for c in _bound_columns(df) if _bound_status(df, c) is not None]
+    cols = [c for c in _bound_columns(df) if _bound_status(df, c) is not None and (predictors or _bound_status(df, c) != "predictor")]
     if not cols:
         raise DataError("the results hold no bound values; evaluate with --bounds default (or all) before plotting bounds.")
     x_all = df[target].to_numpy(dtype=np.float64)
@@ -153,12 +154,15 @@ def plot_bounds(df: pd.DataFrame, path: str | os.PathLike, target: str = "test_e
     ax.set_xlim(min(x for x in x_all if np.isfinite(x) and x > 0) / 2.0, max(x for x in x_all if np.isfinite(x) and x > 0) * 2.0)
     ax.set_ylim(lo, hi)
     ax.set_xlabel("measured test error" if target == "test_error" else target)
-    ax.set_ylabel("bound / predictor value")
+    ax.set_ylabel("bound / predictor value" if predictors else "bound value")
     title = f"bounds vs measured test error ({int(np.isfinite(x_all).sum())} checkpoints)"
     if dropped:
         title += f"; {dropped} non-positive value(s) not drawn"
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short log ranges
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, p)
 

@@ -64,6 +64,7 @@ class ClassStats:
         self.sq_dev = torch.zeros(num_classes, **f64)
         shape = {"per-class": (num_classes, dim, dim), "pooled": (dim, dim), "none": (0,)}[scatter_mode]
         self.scatter = torch.zeros(shape, **f64)
+        self._nonfinite: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ accumulation
     def update(self, features, labels) -> ClassStats:
@@ -76,27 +77,41 @@ class ClassStats:
             )
         if x.shape[0] == 0:
             return self
-        x = x.to(device=self.means.device, dtype=torch.float64)
-        y = y.to(device=self.means.device, dtype=torch.int64).reshape(-1)
-        if not bool(torch.isfinite(x).all()):
-            raise StatisticsError(
-                f"layer {self.name} produced NaN or Inf features; check the checkpoint's weights "
-                f"and the input normalization (or evaluate with --device cpu to rule out AMP overflow)."
-            )
-        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise DataError(
                 f"labels must lie in 0..{self.num_classes - 1} (the model has {self.num_classes} "
                 f"outputs) but range over {int(y.min())}..{int(y.max())}; fix the labels or --arch-kwargs num_classes."
             )
+        x = x.to(device=self.means.device, dtype=torch.float64)
+        y = y.to(device=self.means.device, dtype=torch.int64).reshape(-1)
+        finite = torch.isfinite(x).all()
+        if x.device.type == "cpu":
+            if not bool(finite):
+                self._raise_nonfinite()
+        else:  # on a GPU the check is deferred to check_finite(): no host synchronisation per batch
+            self._nonfinite = ~finite if self._nonfinite is None else self._nonfinite | ~finite
         batch = ClassStats._from_batch(x, y, self.num_classes, self.scatter_mode)
         return self.merge(batch)
+
+    def _raise_nonfinite(self):
+        raise StatisticsError(
+            f"layer {self.name} produced NaN or Inf features; check the checkpoint's weights "
+            f"and the input normalization (or evaluate without --amp to rule out half-precision overflow)."
+        )
+
+    def check_finite(self) -> ClassStats:
+        """Raise if any batch seen on a GPU held NaN/Inf (CPU batches are checked on arrival)."""
+        if self._nonfinite is not None and bool(self._nonfinite):
+            self._raise_nonfinite()
+        return self
 
     @classmethod
     def _from_batch(cls, x: torch.Tensor, y: torch.Tensor, K: int, mode: str) -> ClassStats:
         """Exact centered statistics of one batch (two-pass within the batch: mean, then deviations)."""
         out = cls.__new__(cls)
         out.num_classes, out.dim, out.scatter_mode, out.name = K, x.shape[1], mode, "batch"
-        counts = torch.bincount(y, minlength=K)
+        out._nonfinite = None
+        counts = torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y))  # no host sync
         sums = torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
         means = sums / counts.clamp(min=1).unsqueeze(1)
         dev = x - means[y]
@@ -139,6 +154,9 @@ class ClassStats:
         elif self.scatter_mode == "per-class":
             self.scatter = self.scatter + other_scatter + w.view(-1, 1, 1) * delta.unsqueeze(2) * delta.unsqueeze(1)
         self.counts = self.counts + other.counts.to(self.counts.device)
+        if other._nonfinite is not None:
+            flag = other._nonfinite.to(self.means.device)
+            self._nonfinite = flag if self._nonfinite is None else self._nonfinite | flag
         return self
 
     # ------------------------------------------------------------------ derived quantities
@@ -179,6 +197,7 @@ class ClassStats:
         out.counts = torch.as_tensor(np.asarray(state["counts"]), dtype=torch.int64)
         out.means = torch.as_tensor(means, dtype=torch.float64)
         out.sq_dev = torch.as_tensor(np.asarray(state["sq_dev"]), dtype=torch.float64)
+        out._nonfinite = None
         out.scatter = torch.as_tensor(np.asarray(state["scatter"]), dtype=torch.float64)
         return out
 

@@ -2,9 +2,9 @@
 
 Margins follow Bartlett, Foster & Telgarsky (2017, §2): γ_i = f(x_i)_{y_i} − max_{j≠y_i} f(x_i)_j,
 computed in float64 from the logits the network returns. The network's decision is argmax_j f(x)_j
-with ties broken towards the lowest class index (``torch.argmax`` semantics). Per-sample margins and
-decisions are kept (8 + 8 bytes per sample) because margin percentiles and the ramp loss L̂_γ of the
-margin bounds need the whole distribution; feature-sized data is never kept.
+with ties broken towards the lowest class index (``torch.argmax`` semantics). Per-sample margins,
+decisions and labels are kept (24 bytes per sample, on the device that computed them until read)
+because margin percentiles and the ramp loss L̂_γ of the margin bounds need the whole distribution.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ class LogitStats:
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = int(num_classes)
-        self._margins: list[np.ndarray] = []
-        self._predictions: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
+        self._margins: list[torch.Tensor] = []
+        self._predictions: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._nonfinite: torch.Tensor | None = None
 
     def update(self, logits, labels) -> LogitStats:
         """Add a batch of logits (B, K) with integer labels (B,)."""
@@ -41,12 +42,28 @@ class LogitStats:
                 f"the model returned outputs of shape {tuple(z.shape)}, expected (batch, {self.num_classes}); "
                 f"check --arch / num_classes."
             )
-        if not bool(torch.isfinite(z).all()):
-            raise StatisticsError("the model produced NaN or Inf logits; check the checkpoint's weights and input scaling.")
-        margin, pred = margins_and_predictions(z, torch.as_tensor(labels))
-        self._margins.append(margin.cpu().numpy())
-        self._predictions.append(pred.cpu().numpy())
-        self._labels.append(torch.as_tensor(labels).reshape(-1).cpu().numpy().astype(np.int64))
+        finite = torch.isfinite(z).all()
+        if z.device.type == "cpu":
+            if not bool(finite):
+                self._raise_nonfinite()
+        else:  # deferred on a GPU: no host synchronisation per batch
+            self._nonfinite = ~finite if self._nonfinite is None else self._nonfinite | ~finite
+        labels = torch.as_tensor(labels, device=z.device).reshape(-1).to(torch.int64)
+        margin, pred = margins_and_predictions(z, labels)
+        # kept where they were computed; moved to the host once, when read
+        self._margins.append(margin)
+        self._predictions.append(pred)
+        self._labels.append(labels)
+        return self
+
+    @staticmethod
+    def _raise_nonfinite():
+        raise StatisticsError("the model produced NaN or Inf logits; check the checkpoint's weights and input scaling.")
+
+    def check_finite(self) -> LogitStats:
+        """Raise if a GPU batch held NaN/Inf logits (CPU batches are checked on arrival)."""
+        if self._nonfinite is not None and bool(self._nonfinite):
+            self._raise_nonfinite()
         return self
 
     def merge(self, other: LogitStats) -> LogitStats:
@@ -57,8 +74,10 @@ class LogitStats:
         return self
 
     @staticmethod
-    def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+    def _cat(parts: list[torch.Tensor], dtype) -> np.ndarray:
+        if not parts:
+            return np.zeros(0, dtype=dtype)
+        return torch.cat([p.cpu() for p in parts]).numpy().astype(dtype, copy=False)
 
     @property
     def margins(self) -> np.ndarray:
@@ -74,7 +93,7 @@ class LogitStats:
 
     @property
     def n(self) -> int:
-        return int(sum(len(m) for m in self._margins))
+        return int(sum(m.shape[0] for m in self._margins))
 
     @property
     def errors(self) -> int:

@@ -2,7 +2,7 @@
 
 During the pass (the only forward pass): per layer a :class:`ClassStats` (counts, means, centered
 sums of squares, Chan-merged in float64), at the network output a :class:`LogitStats` (margins,
-decisions), and a :class:`FeatureSpill` copy of each layer's features on disk.
+decisions), and a :class:`FeatureSpill` copy of each layer's features (in memory up to a budget, then on disk).
 
 After the pass, :meth:`SplitStatistics.finish` replays the spilled features once per layer — reading
 a file is far cheaper than running the network again — to collect what needs the split's *final*
@@ -25,7 +25,7 @@ from ncbounds.stats.class_stats import ClassStats
 from ncbounds.stats.logit_stats import LogitStats
 from ncbounds.stats.ncc import NCCCounter
 from ncbounds.stats.projected import ProjectedStats
-from ncbounds.stats.spill import FeatureSpill
+from ncbounds.stats.spill import DEFAULT_MEMORY_BUDGET, FeatureSpill
 
 _LABELS, _NC4 = "__labels__", "__nc4__"
 
@@ -39,6 +39,7 @@ class SplitStatistics:
     penultimate: name of the layer whose features feed the final linear layer (NC4 is computed there).
     scatter_mode: ClassStats scatter mode; the default 'none' keeps no d×d matrices (the replay
         supplies the second-order quantities). 'per-class' is useful to cross-check the replay.
+    memory_budget: bytes of features kept in RAM/device memory before the copy moves to disk.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class SplitStatistics:
         scatter_mode: str = "none",
         device: str | torch.device = "cpu",
         spill_dir: str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         self.num_classes = num_classes
         self.penultimate = penultimate
@@ -58,7 +60,7 @@ class SplitStatistics:
         self.projected: dict[str, ProjectedStats] = {}
         self.ncc: dict[str, NCCCounter] = {}
         self.extras: dict[str, dict[str, object]] = {}
-        self._spill = FeatureSpill(spill_dir)
+        self._spill = FeatureSpill(spill_dir, memory_budget)
 
     # ------------------------------------------------------------------ streaming
     def update(
@@ -79,16 +81,16 @@ class SplitStatistics:
             if name not in self.layers:
                 self.layers[name] = ClassStats(self.num_classes, feats.shape[1], self.scatter_mode, device=self.device, name=name)
             self.layers[name].update(feats, labels)
-            self._spill.append(name, feats.detach().cpu().numpy())
+            self._spill.append(name, feats)
         if logits is not None:
             if self.logits is None:
                 self.logits = LogitStats(self.num_classes)
             self.logits.update(logits, labels)
             if nc4_predictions is None:
                 nc4_predictions = logits.argmax(1)
-        self._spill.append(_LABELS, labels.cpu().numpy())
+        self._spill.append(_LABELS, labels)
         if nc4_predictions is not None:
-            self._spill.append(_NC4, nc4_predictions.cpu().numpy())
+            self._spill.append(_NC4, nc4_predictions)
 
     # ------------------------------------------------------------------ after the pass
     def class_means(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -112,6 +114,10 @@ class SplitStatistics:
         """
         if self._spill is None:
             return
+        for stats in self.layers.values():
+            stats.check_finite()
+        if self.logits is not None:
+            self.logits.check_finite()
         try:
             for name, stats in self.layers.items():
                 projected = ProjectedStats(stats.means, stats.counts)
@@ -122,12 +128,12 @@ class SplitStatistics:
                 use_nc4 = name == self.penultimate and _NC4 in self._spill.rows
                 nc4_chunks = self._spill.chunks(_NC4, chunk_rows) if use_nc4 else ()
                 for chunk, y, pred in zip_longest(self._spill.chunks(name, chunk_rows), self._spill.chunks(_LABELS, chunk_rows), nc4_chunks):
-                    h = torch.as_tensor(chunk, device=self.device)
-                    y = torch.as_tensor(y, device=self.device)
+                    h = chunk.to(self.device)
+                    y = y.to(self.device)
                     projected.update(h, y)
                     for acc in extras.values():
                         acc.update(h, y)
-                    counter.update(h, y, None if pred is None else torch.as_tensor(pred, device=self.device))
+                    counter.update(h, y, None if pred is None else pred.to(self.device))
                 self.projected[name] = projected
                 self.ncc[name] = counter
                 if extras:
