@@ -53,4 +53,8 @@ def test_disk_spill_equals_memory_copy(budget):
         split.finish()
         return split_metrics(split, "features")
 
-    assert run(budget) == run(1 << 30)
+    disk, memory = run(budget), run(1 << 30)
+    # chunking differs (4096-row file chunks vs 64-row batches): equal up to summation order
+    assert disk.keys() == memory.keys()
+    for key, value in memory.items():
+        assert disk[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
