@@ -105,6 +105,8 @@ def demo(out_dir, epochs, seed):
     click.echo("")
     for key, path in result["files"].items():
         click.echo(f"{key:>13}: {path}")
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
     if result["summary"].failed:
         _fail(f"{result['summary'].failed} checkpoint(s) failed; see the *.error.json files in {result['files']['results']}.", 3)
 

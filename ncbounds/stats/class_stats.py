@@ -18,6 +18,7 @@ independent of the number of samples: O(K·d) plus K·d², d² or nothing for th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +85,13 @@ class ClassStats:
             )
         x = x.to(device=self.means.device, dtype=torch.float64)
         y = y.to(device=self.means.device, dtype=torch.int64).reshape(-1)
-        finite = torch.isfinite(x).all()
         if x.device.type == "cpu":
-            if not bool(finite):
+            # one reduction instead of an elementwise test: the sum is finite unless an entry is NaN/Inf
+            # (or the sum overflows, in which case the exact test decides)
+            if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
                 self._raise_nonfinite()
         else:  # on a GPU the check is deferred to check_finite(): no host synchronisation per batch
+            finite = torch.isfinite(x).all()
             self._nonfinite = ~finite if self._nonfinite is None else self._nonfinite | ~finite
         batch = ClassStats._from_batch(x, y, self.num_classes, self.scatter_mode)
         return self.merge(batch)
@@ -111,8 +114,15 @@ class ClassStats:
         out = cls.__new__(cls)
         out.num_classes, out.dim, out.scatter_mode, out.name = K, x.shape[1], mode, "batch"
         out._nonfinite = None
-        counts = torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y))  # no host sync
-        sums = torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
+        # class sums without a host sync: a one-hot product (one BLAS call) for few classes, a scatter
+        # (index_add, O(B·d) instead of O(B·K·d)) for many
+        if K <= 64:
+            onehot = torch.nn.functional.one_hot(y, K).to(x.dtype)  # (B, K)
+            counts = onehot.sum(0).to(torch.int64)
+            sums = onehot.T @ x
+        else:
+            counts = torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y))
+            sums = torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
         means = sums / counts.clamp(min=1).unsqueeze(1)
         dev = x - means[y]
         out.counts, out.means = counts, means
