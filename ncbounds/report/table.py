@@ -46,6 +46,24 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
 
 
+def _delta_split(bound: dict) -> str | None:
+    """One line on the internal confidence steps of a certificate (Monte-Carlo step, union bounds)."""
+    if bound.get("status") != "certificate" or bound.get("value") is None:
+        return None
+    d, i = bound.get("details") or {}, bound.get("inputs") or {}
+    if "e_mc" in d:
+        return (f"  {bound['name']}: σ = {fmt(d.get('sigma'))}; Monte-Carlo Gibbs error ê = {fmt(d['e_mc'])} over "
+                f"{i.get('mc_samples')} draws → kl upper Ê = {fmt(d.get('e_mc_upper'))} (δ_MC = {fmt(d.get('delta_mc_per_sigma'), 3)} "
+                f"per σ); KL/m = {fmt(d.get('kl_over_m'))}; union over {d.get('grid_size')} σ: ln {d.get('grid_size')} = "
+                f"{fmt(d.get('union_log_grid'))} (δ_PB = {fmt(d.get('delta_pb_per_sigma'), 3)} per σ)")
+    if "delta_per_estimate" in i:
+        return (f"  {bound['name']}: δ = {fmt(i.get('delta_priors'), 3)} (class frequencies) + {i.get('n_estimates')} "
+                f"estimates × {fmt(i.get('delta_per_estimate'), 3)} (Hoeffding means, Maurer–Pontil spreads)")
+    if "union_log_cost" in d:
+        return f"  {bound['name']}: γ = {fmt(d.get('gamma'))} chosen from a grid; union-bound cost ln(1/w) = {fmt(d['union_log_cost'])}"
+    return None
+
+
 def render_table(record: EvalRecord) -> str:
     """Human-readable report; the JSON output carries the same numbers losslessly."""
     r = record
@@ -79,6 +97,10 @@ def render_table(record: EvalRecord) -> str:
             delta = fmt(b.get("delta"), 3) if b.get("status") == "certificate" else ""
             rows.append([b["name"], fmt(b.get("value")), b.get("status", ""), delta, flag, b.get("bounds", "")])
         out += _grid(["bound", "value", "status", "δ", "", "bounds"], rows)
+        steps = [line for b in r.bounds if (line := _delta_split(b))]
+        if steps:
+            out.append("how δ is spent inside each certificate:")
+            out += steps
         reasons = [f"  {b['name']}: {b['reason']}" for b in r.bounds if b.get("status") == "not-applicable" and b.get("reason")]
         if reasons:
             out.append("not applicable:")
