@@ -48,9 +48,10 @@ def synthetic(K: int, d: int, seed: int = 0):
     n = counts.sum()
     proj.within = torch.as_tensor(q.T @ (sigma_w * n) @ q)
     centered = means - means.mean(0)
-    for i in range(K):  # pair forms of the shared covariance: (μ_j − μ_i)ᵀ S_i (μ_j − μ_i)
-        diff = centered - centered[i]
-        proj.pair_forms[i] = torch.as_tensor(counts[i] * np.einsum("jd,de,je->j", diff, sigma_w, diff))
+    # pair forms of the shared covariance: n_i (μ_j − μ_i)ᵀ Σ (μ_j − μ_i) = n_i (B_jj + B_ii − 2 B_ij), B = M̃ Σ M̃ᵀ
+    b = centered @ sigma_w @ centered.T
+    diag = np.diag(b)
+    proj.pair_forms = torch.as_tensor(counts[:, None] * (diag[None, :] + diag[:, None] - 2 * b))
     return stats, proj, sigma_w, means
 
 

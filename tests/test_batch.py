@@ -446,3 +446,56 @@ def test_dead_worker_is_recorded_and_the_batch_goes_on(tree, tmp_path, monkeypat
     err = json.loads((root / "ncbounds-results" / f"a_dies.pt{ERROR_SUFFIX}").read_text())
     assert err["error"]["type"] == "BrokenProcessPool"
     assert sorted(_records(root / "ncbounds-results")) == ["b_ok.pt", "c_ok.pt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the batch results as the paper-facing CSV
+
+
+def _csv_frame(out: Path):
+    import io
+
+    import pandas as pd
+
+    from ncbounds.report.export import export
+    from ncbounds.report.results import load_records
+
+    frame = pd.read_csv(io.StringIO(export(load_records(out), "csv")))
+    return frame.drop(columns=[c for c in frame.columns if c in ("created",)])
+
+
+def test_batch_csv_has_one_row_per_checkpoint_and_every_column(reference):
+    frame = _csv_frame(reference["out"])
+    assert len(frame) == len(LAYOUT) >= 12  # the corrupt checkpoint has an error record, not a row
+    assert frame["checkpoint"].is_unique
+    for column in ("checkpoint", "sha256", "format", "arch", "data", "train_error", "train_error.lo", "train_error.hi",
+                   "test_error", "test_error.lo", "test_error.hi", "gap", "train.nc1", "test.nc1", "test.cdnv",
+                   "test.nc4_mismatch", "test.margin_p10"):
+        assert column in frame.columns, column
+    hp = [c for c in frame.columns if c.startswith("hp.")]
+    assert "hp.epoch" in hp and "hp.lr" in hp
+    if BOUNDS != "none":
+        for name in BOUNDS.split(","):
+            assert f"bound.{name}" in frame.columns and f"bound.{name}.status" in frame.columns
+
+
+def test_sigkill_resume_gives_exactly_the_uninterrupted_csv(tree, reference, child_env, tmp_path):
+    out = tmp_path / "killed_csv"
+    args = ["batch", str(tree), "--out", str(out), "--bounds", BOUNDS, "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", _CLI, *args], env=child_env, cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    try:
+        while len([p for p in out.glob("*.json") if not p.name.endswith(ERROR_SUFFIX)]) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    code, _ = _invoke("batch", tree, "--out", out, "--bounds", BOUNDS, "--device", "cpu", "--quiet", "--resume")
+    assert code == 3
+    got, want = _csv_frame(out), _csv_frame(reference["out"])
+    timing = [c for c in want.columns if c.startswith("timings")]
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(got.drop(columns=timing), want.drop(columns=timing))  # 0 lost, 0 duplicated rows
