@@ -141,9 +141,10 @@ def conventions():
 def _register_subcommands() -> None:
     """Commands defined in their own modules (batch, exports), attached to the group."""
     from cli.batch_cmd import batch
+    from cli.merge_cmd import merge
     from cli.results_cmd import correlate, export, plot
 
-    for command in (batch, export, correlate, plot):
+    for command in (batch, merge, export, correlate, plot):
         main.add_command(command)
 
 

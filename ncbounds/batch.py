@@ -58,6 +58,31 @@ workers) with ``torch.set_num_threads(max(1, cores // N))`` each; every evaluati
 ``options.seed``, so records equal those of ``jobs=1`` (timings and ``created`` aside). If a worker
 dies (killed, out of memory), the checkpoints it may have been evaluating (at most ``N``) get an error
 record saying so and the rest continue in a fresh pool; ``--resume`` re-runs them.
+
+**Backends.** ``backend="local"`` (default) is the above. ``backend="ray"`` runs one Ray task per
+checkpoint (:mod:`ncbounds.ray_backend`: resources per task, retries, clusters); the tasks only
+evaluate and the driver writes the same files with the same code, so records, error records,
+``--resume`` and everything that reads a results folder are the same for both backends.
+
+**Shards** (``shard=(i, N)``, ``--shard i/N``, 0-based). Checkpoint ``p`` belongs to shard
+:func:`shard_of` = ``int(sha256(relative path of p)[:16], 16) % N``. The assignment depends on
+nothing but the checkpoint's own relative path (POSIX form, relative to ``root``): not on the other
+files, the order of discovery, the time or the machine. So N jobs (a SLURM array) started at
+different times, while checkpoints are still being added, together evaluate every checkpoint they
+see exactly once, and a checkpoint added later lands in one fixed shard; a sorted-index rule
+(``index % N``) would be better balanced for small folders but moves every later checkpoint to
+another shard when one file is added. Shard sizes are therefore binomial (about ``total/N ±
+sqrt(total/N)``). The shards may write into one results folder (their locks do not exclude each
+other, see below) or into one folder each, combined afterwards by :func:`merge_results`. Every
+shard must use the same ``root`` layout (the relative paths), ``glob``, ``N`` and options.
+
+**Locks.** An unsharded batch holds an exclusive ``flock`` on ``out/.ncbounds-batch.lock``; a
+sharded one holds it shared, plus an exclusive lock on ``out/.ncbounds-batch.shard-I-of-N.lock``.
+So different shards can write into one folder at the same time, while two runs of the same shard,
+or a shard and an unsharded batch, refuse to share it. A sharded batch removes only the leftover
+temporary files of its own checkpoints.
+
+**Merging** (:func:`merge_results`, ``ncbounds merge OUT RESULTS...``): see that function.
 """
 
 from __future__ import annotations
@@ -100,6 +125,12 @@ __all__ = [
     "file_sha256",
     "run_batch",
     "read_results",
+    "parse_shard",
+    "shard_from_env",
+    "shard_of",
+    "select_shard",
+    "MergeSummary",
+    "merge_results",
 ]
 
 #: File extensions treated as checkpoints.
@@ -113,6 +144,7 @@ IDENTITY_EXCLUDED = frozenset({"device", "batch_size", "trust_checkpoint", "prog
 
 _NON_MODEL_STEMS = frozenset({"optimizer", "scheduler", "scaler", "training_args"})
 _LOCK_NAME = ".ncbounds-batch.lock"
+_SHARD_LOCK_NAME = ".ncbounds-batch.shard-{}-of-{}.lock"
 _TMP_SUFFIX = ".tmp"
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*(?:_[A-Za-z0-9.\-]+)*\Z")
 _MAX_NAME = 180
@@ -190,6 +222,76 @@ def result_name(path: str | Path, root: str | Path) -> str:
         return name
     digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:10]
     return f"{name[:_MAX_NAME - 11]}~{digest}"
+
+
+# ---------------------------------------------------------------------------------------------
+# shards
+
+
+_SHARD_TEXT = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*\Z")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` → ``(i, N)`` with ``0 <= i < N`` (0-based); :class:`UsageError` otherwise. ``"0/1"`` is every checkpoint."""
+    match = _SHARD_TEXT.match(str(text))
+    if not match:
+        raise UsageError(f"--shard must look like i/N with 0-based i, e.g. 0/4 … 3/4, not {text!r}.")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise UsageError(f"--shard {text}: the shard index is 0-based and must lie in 0..N-1 with N >= 1 (e.g. 0/4 … 3/4).")
+    return index, count
+
+
+def shard_from_env(environ=None) -> tuple[int, int] | None:
+    """The shard of a SLURM array task, or None outside an array job.
+
+    ``N = SLURM_ARRAY_TASK_COUNT`` and ``i = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) /
+    SLURM_ARRAY_TASK_STEP`` (MIN 0 and STEP 1 when unset), so ``--array=0-7``, ``--array=1-8`` and
+    ``--array=0-14:2`` all give the shards 0/8 … 7/8, whatever the first id. An array whose ids are not
+    evenly spaced (``--array=1,4,9``) is refused with a :class:`UsageError` naming ``--shard``.
+    """
+    env = os.environ if environ is None else environ
+    count_text = env.get("SLURM_ARRAY_TASK_COUNT")
+    if not count_text:
+        return None
+
+    def number(key: str, default: int | None = None) -> int:
+        value = env.get(key)
+        if value is None or value == "":
+            if default is None:
+                raise UsageError(f"SLURM_ARRAY_TASK_COUNT is set but {key} is not; pass --shard i/N explicitly.")
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise UsageError(f"{key}={value!r} is not an integer; pass --shard i/N explicitly.") from None
+
+    count, task_id = number("SLURM_ARRAY_TASK_COUNT"), number("SLURM_ARRAY_TASK_ID")
+    first, step = number("SLURM_ARRAY_TASK_MIN", 0), number("SLURM_ARRAY_TASK_STEP", 1)
+    last = env.get("SLURM_ARRAY_TASK_MAX")
+    offset = task_id - first
+    evenly = step > 0 and offset % step == 0 and (not last or (number("SLURM_ARRAY_TASK_MAX") - first) == (count - 1) * step)
+    if count < 1 or not evenly or not 0 <= offset // step < count:
+        raise UsageError(
+            f"cannot derive a shard from SLURM_ARRAY_TASK_ID={task_id} (MIN={first}, STEP={step}, COUNT={count}): the array ids "
+            f"must be evenly spaced, e.g. --array=0-{max(count - 1, 0)}; pass --shard i/N explicitly."
+        )
+    return offset // step, count
+
+
+def shard_of(relative_path: str, count: int) -> int:
+    """The shard (0..count-1) of a checkpoint, from the SHA-256 of its POSIX relative path alone."""
+    digest = hashlib.sha256(relative_path.encode("utf-8")).hexdigest()
+    return int(digest[:16], 16) % count
+
+
+def select_shard(paths: Iterable[Path], root: str | Path, shard: tuple[int, int] | None) -> list[Path]:
+    """The checkpoints of ``paths`` (under ``root``) that belong to ``shard = (i, N)``, order kept; all when None."""
+    paths = list(paths)
+    if shard is None:
+        return paths
+    index, count = shard
+    return [p for p in paths if shard_of(Path(p).relative_to(root).as_posix(), count) == index]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,9 +383,26 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _clean_temporaries(out: Path) -> int:
+def _temporary_owner(tmp_name: str) -> str | None:
+    """The result name a temporary file ``.NAME.json.PID.HEX.tmp`` (or ``.NAME.error.json...``) belongs to."""
+    if not (tmp_name.startswith(".") and tmp_name.endswith(_TMP_SUFFIX)):
+        return None
+    parts = tmp_name[1: -len(_TMP_SUFFIX)].rsplit(".", 2)
+    if len(parts) != 3:
+        return None
+    target = parts[0]
+    for suffix in (ERROR_SUFFIX, ".json"):
+        if target.endswith(suffix):
+            return target[: -len(suffix)]
+    return None
+
+
+def _clean_temporaries(out: Path, names: set[str] | None = None) -> int:
+    """Remove leftover temporary files in ``out`` (only those of result ``names`` when given)."""
     n = 0
     for tmp in out.glob(f".*{_TMP_SUFFIX}"):
+        if names is not None and _temporary_owner(tmp.name) not in names:
+            continue  # another shard's file, possibly being written right now
         if tmp.is_file():
             _remove(tmp)
             n += 1
@@ -291,24 +410,33 @@ def _clean_temporaries(out: Path) -> int:
 
 
 @contextlib.contextmanager
-def _locked(out: Path):
-    """Hold an exclusive, non-blocking flock on ``out/.ncbounds-batch.lock`` (no-op without fcntl)."""
+def _locked(out: Path, shard: tuple[int, int] | None = None, what: str = "`ncbounds batch`"):
+    """Hold the results folder's locks for the run (non-blocking ``flock``; no-op without fcntl).
+
+    Unsharded: exclusive lock on ``.ncbounds-batch.lock``. Sharded: that lock shared, plus an
+    exclusive lock on ``.ncbounds-batch.shard-I-of-N.lock`` (see the module docstring).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    fh = open(out / _LOCK_NAME, "a")  # noqa: SIM115 - held for the whole run
-    try:
+    busy = f"another {what} is writing to {out}; wait for it to finish or pass a different --out."
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(open(out / _LOCK_NAME, "a"))  # held for the whole run
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh.fileno(), (fcntl.LOCK_SH if shard else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
-            raise NCBoundsError(
-                f"another `ncbounds batch` is writing to {out}; wait for it to finish or pass a different --out."
-            ) from None
+            raise NCBoundsError(busy) from None
+        if shard:
+            sh = stack.enter_context(open(out / _SHARD_LOCK_NAME.format(*shard), "a"))
+            try:
+                fcntl.flock(sh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise NCBoundsError(
+                    f"shard {shard[0]}/{shard[1]} is already being evaluated into {out}; wait for it to finish or pick another shard."
+                ) from None
         yield
-    finally:
-        fh.close()
 
 
 def read_results(out_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -383,29 +511,53 @@ def _batch_info(task: _Task, sha: str | None) -> dict:
             "options_hash": task.options_hash, "sidecar_hash": task.sidecar_hash, "created": _now()}
 
 
-def _run_task(task: _Task) -> dict:
-    """Evaluate one checkpoint and write its record or error file; returns a small outcome dict."""
+def _evaluate_task(task: _Task) -> dict:
+    """Evaluate one checkpoint without touching the results folder (runs in a worker of either backend).
+
+    Returns ``{"status": "done", "record": dict}`` or ``{"status": "failed", "reason", "type",
+    "exit_code", "traceback", "retry"}``; ``retry`` is False for an :class:`NCBoundsError` (a
+    deterministic input problem) and True for any other exception.
+    """
     from ncbounds.pipeline import evaluate
 
-    out = Path(task.out_dir)
-    record_path = out / f"{task.name}.json"
-    error_path = out / f"{task.name}{ERROR_SUFFIX}"
-    t0 = time.perf_counter()
     try:
-        record = evaluate(task.path, task.options)
-        data = record.to_dict()
-        data["batch"] = _batch_info(task, (record.checkpoint or {}).get("sha256"))
-        text = json.dumps(data, indent=2, allow_nan=False)
-        _atomic_write(record_path, text)
-        _remove(error_path)
-        return {"name": task.name, "relative_path": task.relative_path, "status": "done", "seconds": time.perf_counter() - t0}
+        return {"status": "done", "record": evaluate(task.path, task.options).to_dict()}
     except Exception as exc:  # noqa: BLE001 - every failure is recorded; the batch goes on
-        reason = _one_sentence(exc, error_path.name)
-        tb = None if isinstance(exc, NCBoundsError) else traceback.format_exc()
-        if task.options.debug and tb:
-            sys.stderr.write(tb)
+        expected = isinstance(exc, NCBoundsError)
+        outcome = _failure(task, exc, None if expected else traceback.format_exc())
         _free_device_memory()
-        return _write_failure(task, reason, type(exc).__name__, getattr(exc, "exit_code", 1), tb, t0)
+        return outcome
+
+
+def _failure(task: _Task, exc: BaseException, tb: str | None) -> dict:
+    return {"status": "failed", "reason": _one_sentence(exc, f"{task.name}{ERROR_SUFFIX}"), "type": type(exc).__name__,
+            "exit_code": getattr(exc, "exit_code", 1), "traceback": tb, "retry": not isinstance(exc, NCBoundsError)}
+
+
+def _finish_task(task: _Task, outcome: dict, t0: float) -> dict:
+    """Write the record or error file of ``outcome`` (from :func:`_evaluate_task`) atomically; a small summary dict."""
+    out = Path(task.out_dir)
+    if outcome["status"] == "done":
+        data = outcome["record"]
+        data["batch"] = _batch_info(task, (data.get("checkpoint") or {}).get("sha256"))
+        try:
+            text = json.dumps(data, indent=2, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            outcome = _failure(task, exc, traceback.format_exc())
+        else:
+            _atomic_write(out / f"{task.name}.json", text)
+            _remove(out / f"{task.name}{ERROR_SUFFIX}")
+            return {"name": task.name, "relative_path": task.relative_path, "status": "done",
+                    "seconds": time.perf_counter() - t0}
+    if task.options.debug and outcome.get("traceback"):
+        sys.stderr.write(outcome["traceback"])
+    return _write_failure(task, outcome["reason"], outcome["type"], outcome["exit_code"], outcome.get("traceback"), t0)
+
+
+def _run_task(task: _Task) -> dict:
+    """Evaluate one checkpoint and write its record or error file; returns a small outcome dict."""
+    t0 = time.perf_counter()
+    return _finish_task(task, _evaluate_task(task), t0)
 
 
 def _free_device_memory() -> None:
@@ -465,7 +617,11 @@ class BatchFailure:
 
 @dataclass
 class BatchSummary:
-    """Outcome of :func:`run_batch`: counts, failures, where the results are, and the exit status."""
+    """Outcome of :func:`run_batch`: counts, failures, where the results are, and the exit status.
+
+    ``total`` counts the checkpoints of this run (of its shard when ``shard`` is set); ``found`` all
+    checkpoints found under the root.
+    """
 
     root: str
     out_dir: str
@@ -476,6 +632,9 @@ class BatchSummary:
     failed: int = 0
     failures: list[BatchFailure] = field(default_factory=list)
     seconds: float = 0.0
+    backend: str = "local"
+    shard: tuple[int, int] | None = None
+    found: int = 0
 
     @property
     def ok(self) -> bool:
@@ -489,28 +648,59 @@ class BatchSummary:
 
     def line(self) -> str:
         """The one-line summary printed by ``ncbounds batch``."""
-        text = (f"batch: {self.total} checkpoint{'s' if self.total != 1 else ''}: {self.done} evaluated, "
+        counted = f"{self.total} checkpoint{'s' if self.total != 1 else ''}"
+        if self.shard is not None:
+            counted = f"shard {self.shard[0]}/{self.shard[1]}: {self.total} of {self.found} checkpoints"
+        text = (f"batch: {counted}: {self.done} evaluated, "
                 f"{self.skipped} skipped (up to date), {self.failed} failed in {self.seconds:.1f}s; results in {self.out_dir}")
         if self.failed:
             text += f" (failures: *{ERROR_SUFFIX})"
         return text
 
 
-def _validate(options: EvalOptions, jobs: int) -> list[str]:
+BACKENDS = ("local", "ray")
+
+
+def _validate(options: EvalOptions, jobs: int | None, backend: str = "local") -> list[str]:
     """Global checks before any work (a bad option is one usage error, not N failures); returns bound names."""
     from ncbounds.bounds.runner import select_bounds
     from ncbounds.metrics.conventions import get_convention
     from ncbounds.pipeline import resolve_device
 
-    if not isinstance(jobs, int) or jobs < 1:
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise UsageError(f"--jobs must be a positive integer, got {jobs}.")
     if options.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {options.batch_size}.")
     if not 0 < options.delta < 1:
         raise UsageError(f"--delta must lie strictly between 0 and 1, got {options.delta}.")
     get_convention(options.convention)
-    resolve_device(options.device)
+    if backend == "local":
+        resolve_device(options.device)
+    elif not (options.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", options.device)):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], not {options.device!r}.")  # the workers resolve it
     return select_bounds(options.bounds)
+
+
+def _validate_backend(backend: str, options: EvalOptions, address, cpus_per_task, gpus_per_task) -> tuple[float, float]:
+    """Check the backend options; returns (cpus_per_task, gpus_per_task) with their defaults filled in."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
+    if backend == "local":
+        if address is not None or cpus_per_task is not None or gpus_per_task is not None:
+            raise UsageError("--address, --cpus-per-task and --gpus-per-task go with --backend ray.")
+        return 0.0, 0.0
+    from ncbounds.ray_backend import import_ray
+
+    import_ray()  # a missing Ray is one usage error before any work
+    cpus = 1.0 if cpus_per_task is None else float(cpus_per_task)
+    gpus = 0.0 if gpus_per_task is None else float(gpus_per_task)
+    if not cpus > 0:
+        raise UsageError(f"--cpus-per-task must be positive, got {cpus_per_task}.")
+    if not gpus >= 0:
+        raise UsageError(f"--gpus-per-task must be 0 or more, got {gpus_per_task}.")
+    if options.device.startswith("cuda") and gpus == 0:
+        raise UsageError("--device cuda with --backend ray needs GPUs for each task: pass --gpus-per-task (e.g. 1).")
+    return cpus, gpus
 
 
 def run_batch(
@@ -519,24 +709,42 @@ def run_batch(
     options: EvalOptions | None = None,
     glob: str = "**/*",
     resume: bool = False,
-    jobs: int = 1,
+    jobs: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_task: float | None = None,
+    gpus_per_task: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> BatchSummary:
     """Evaluate every checkpoint under ``root`` and write one record (or error record) each into ``out_dir``.
 
     ``out_dir`` defaults to ``root/ncbounds-results``. ``options`` override the sidecars (see
     :func:`ncbounds.pipeline.evaluate`); ``glob`` selects files below ``root``; ``resume`` skips
     checkpoints whose record is current (same checkpoint SHA-256, ``options_hash`` and ``sidecar_hash``);
-    ``jobs`` is the number of worker processes; ``progress`` draws a bar with ETA on stderr; ``log``
-    receives one line per failed checkpoint as it happens. Raises :class:`UsageError` for global
-    problems (bad options, no checkpoints found); per-checkpoint failures are recorded and counted in
-    the returned :class:`BatchSummary` (``exit_code`` 3). With ``jobs > 1`` the workers are spawned,
-    so a script calling this must guard its entry point with ``if __name__ == "__main__":``.
+    ``progress`` draws a bar with ETA on stderr; ``log`` receives one line per failed checkpoint as it
+    happens. ``shard=(i, N)`` evaluates only the checkpoints of shard ``i`` (see the module docstring).
+
+    ``backend="local"``: ``jobs`` worker processes (default 1). ``backend="ray"``: one Ray task per
+    checkpoint with ``cpus_per_task`` CPUs (default 1, also its torch threads) and ``gpus_per_task``
+    GPUs (default 0); ``address`` None starts a private local cluster (``jobs × cpus_per_task`` CPUs,
+    every core when ``jobs`` is None), ``"auto"`` or ``"HOST:PORT"`` connects to a running one; ``jobs``
+    caps the tasks in flight (see :mod:`ncbounds.ray_backend`).
+
+    Raises :class:`UsageError` for global problems (bad options, no checkpoints found, Ray missing);
+    per-checkpoint failures are recorded and counted in the returned :class:`BatchSummary`
+    (``exit_code`` 3). With the local backend and ``jobs > 1`` the workers are spawned, so a script
+    calling this must guard its entry point with ``if __name__ == "__main__":``.
     """
     t_start = time.perf_counter()
     options = dataclasses.replace(options or EvalOptions(), progress=False)
-    bound_names = _validate(options, jobs)
+    bound_names = _validate(options, jobs, backend if backend in BACKENDS else "local")
+    cpus, gpus = _validate_backend(backend, options, address, cpus_per_task, gpus_per_task)
+    if shard is not None:
+        shard = parse_shard(f"{shard[0]}/{shard[1]}")
+        shard = None if shard == (0, 1) else shard  # one shard of one: the whole folder, as unsharded
     root_path = Path(root)
     if not root_path.is_dir():
         raise UsageError(f"{root} is not a folder; pass the folder that holds the checkpoints.")
@@ -546,20 +754,26 @@ def run_batch(
     except OSError as exc:
         raise NCBoundsError(f"cannot create the results folder {out} ({exc.strerror}); pass a writable --out.") from None
     ohash = options_hash(options, bound_names)
-    summary = BatchSummary(root=str(root_path.resolve()), out_dir=str(out), options_hash=ohash)
-    with _locked(out):
-        _clean_temporaries(out)
+    summary = BatchSummary(root=str(root_path.resolve()), out_dir=str(out), options_hash=ohash, backend=backend, shard=shard)
+    task_options = options
+    if backend == "ray" and options.device == "auto":  # a task uses the devices Ray gave it, nothing else
+        task_options = dataclasses.replace(options, device="cuda" if gpus > 0 else "cpu")
+    with _locked(out, shard):
         exclude = [out] + ([options.init] if options.init else [])
         checkpoints = find_checkpoints(root_path, glob, exclude=exclude)  # --init is not a trained model either
         if not checkpoints:
             raise UsageError(
                 f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}) under {root} match {glob!r}; check the folder or --glob."
             )
+        summary.found = len(checkpoints)
+        checkpoints = select_shard(checkpoints, root_path, shard)
+        names = {result_name(path, root_path) for path in checkpoints}
+        _clean_temporaries(out, names if shard else None)
         summary.total = len(checkpoints)
         tasks: list[_Task] = []
         for path in checkpoints:
             task = _Task(path=str(path.resolve()), relative_path=path.relative_to(root_path).as_posix(),
-                         name=result_name(path, root_path), root=summary.root, out_dir=str(out), options=options,
+                         name=result_name(path, root_path), root=summary.root, out_dir=str(out), options=task_options,
                          options_hash=ohash, sidecar_hash=sidecar_hash(path))
             if resume and _record_is_current(_read_json(out / f"{task.name}.json"), task, None):
                 summary.skipped += 1
@@ -583,14 +797,20 @@ def run_batch(
 
         by_name = {t.name: t for t in tasks}
         try:
-            if jobs == 1 or len(tasks) <= 1:
+            if backend == "ray":
+                if tasks:
+                    from ncbounds.ray_backend import run_on_ray
+
+                    run_on_ray(tasks, lambda task, outcome, t0: collect(_finish_task(task, outcome, t0)), address=address,
+                               cpus_per_task=cpus, gpus_per_task=gpus, max_in_flight=jobs, debug=options.debug)
+            elif (jobs or 1) == 1 or len(tasks) <= 1:
                 for task in tasks:
                     collect(_run_task(task))
             else:
                 _run_parallel(tasks, min(jobs, len(tasks)), collect)
         finally:
             bar.close()
-            _clean_temporaries(out)
+            _clean_temporaries(out, names if shard else None)
     summary.failures.sort(key=lambda f: f.relative_path)
     summary.seconds = time.perf_counter() - t_start
     return summary
@@ -647,3 +867,189 @@ def _worker_died(task: _Task) -> dict:
     reason = (f"the worker process evaluating {task.relative_path} (or one beside it) died, killed or out of memory; "
               f"re-run with --resume, perhaps with fewer --jobs or a smaller --batch-size.")
     return _write_failure(task, reason, "BrokenProcessPool", 1, None, time.perf_counter())
+
+
+# ---------------------------------------------------------------------------------------------
+# merging results folders
+
+
+#: Record keys compared to tell an identical duplicate from a conflicting one.
+NUMBER_KEYS = ("layers", "errors", "bounds", "layerwise")
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    source: int  # position of its folder: 0 = OUT itself, then RESULTS in the order given
+    name: str
+    is_error: bool
+    data: dict
+
+    @property
+    def identity(self) -> tuple:
+        batch = self.data.get("batch") or {}
+        sha = batch.get("checkpoint_sha256") or (self.data.get("checkpoint") or {}).get("sha256")
+        return sha, batch.get("options_hash"), batch.get("sidecar_hash")
+
+    @property
+    def created(self) -> str:
+        return str((self.data.get("batch") or {}).get("created") or "")
+
+    def numbers(self) -> str:
+        return _canonical({k: self.data.get(k) for k in NUMBER_KEYS})
+
+
+@dataclass
+class MergeSummary:
+    """Outcome of :func:`merge_results`; ``problems`` holds one line per conflict or clash (also sent to ``log``)."""
+
+    out_dir: str
+    sources: list[str]
+    records: int = 0
+    errors: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    clashes: int = 0
+    superseded: int = 0
+    ignored: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """The one-line summary printed by ``ncbounds merge``."""
+        n = len(self.sources)
+        return (f"merge: {n} folder{'s' if n != 1 else ''} into {self.out_dir}: {self.records} records, {self.errors} error records "
+                f"({self.copied} copied, {self.unchanged} already there, {self.removed} removed); {self.duplicates} identical "
+                f"duplicates kept once, {self.conflicts} conflicts, {self.clashes} name clashes, {self.superseded} error records "
+                f"superseded by a success, {self.ignored} files ignored in {self.seconds:.1f}s")
+
+
+def _candidates(folder: Path, source: int, summary: MergeSummary, log) -> list[_Candidate]:
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        data = _read_json(path)
+        if data is None or not isinstance(data.get("batch"), dict) or not data["batch"].get("options_hash"):
+            summary.ignored += 1  # not a batch record (a CSV export's JSON, a hand-written report, a broken file)
+            if log is not None:
+                log(f"ignored: {path}: not a complete `ncbounds batch` record")
+            continue
+        is_error = path.name.endswith(ERROR_SUFFIX)
+        name = path.name[: -len(ERROR_SUFFIX)] if is_error else path.name[: -len(".json")]
+        found.append(_Candidate(path, source, name, is_error, data))
+    return found
+
+
+def _newest(candidates: list[_Candidate]) -> _Candidate:
+    """Latest ``batch.created``; ties go to the earliest folder (OUT first), then the path."""
+    return max(candidates, key=lambda c: (c.created, -c.source, str(c.path)))
+
+
+def merge_results(
+    out_dir: str | Path, sources: Iterable[str | Path], log: Callable[[str], None] | None = None
+) -> MergeSummary:
+    """Combine the record folders ``sources`` (and what ``out_dir`` already holds) into ``out_dir``.
+
+    Files are grouped by result name (the checkpoint's relative path) and, within a name, by
+    identity: checkpoint SHA-256 (``batch.checkpoint_sha256``), ``options_hash`` and ``sidecar_hash``.
+    The name is part of the key because one batch keeps two byte-identical checkpoints at two
+    paths as two records, and a merge of shard folders must equal that batch's folder.
+
+    * Same name, same identity, same numbers (``layers``, ``errors``, ``bounds``, ``layerwise``):
+      an **identical duplicate**, kept once (a copy already in ``out_dir`` stays untouched).
+    * Same name and identity, different numbers: a **conflict**; the newest record
+      (``batch.created``) is kept and the conflict reported.
+    * An error record whose identity also has a success record is **superseded** and dropped; a
+      name with only error records keeps the newest one.
+    * Same name, different identities (retrained weights, other options or sidecar): a **name
+      clash**; the identity with a success record and then the newest one wins (a results folder
+      holds one result per name, as ``--resume`` expects) and the others are reported.
+
+    Files that are not batch records are ignored (counted). Every file is written atomically
+    (temporary file, then ``os.replace``) and ``out_dir`` is locked like a batch's; the sources are
+    only read. A file of ``out_dir`` that lost is replaced or removed. Returns a
+    :class:`MergeSummary`; ``log`` receives one line per conflict, clash or ignored file.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    folders = [Path(s) for s in sources]
+    if not folders:
+        raise UsageError("name at least one results folder to merge: ncbounds merge OUT RESULTS...")
+    for folder in folders:
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder; pass results folders written by `ncbounds batch`.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NCBoundsError(f"cannot create the output folder {out} ({exc.strerror}); pass a writable OUT.") from None
+    summary = MergeSummary(out_dir=str(out), sources=[str(f) for f in folders])
+
+    def report(line: str) -> None:
+        summary.problems.append(line)
+        if log is not None:
+            log(line)
+
+    with _locked(out, None, "`ncbounds batch` or `ncbounds merge`"):
+        _clean_temporaries(out)
+        seen = {os.path.realpath(out)}
+        by_name: dict[str, list[_Candidate]] = {}
+        for index, folder in enumerate([out, *folders]):
+            if index and os.path.realpath(folder) in seen:
+                continue  # OUT named among the sources, or a folder named twice
+            seen.add(os.path.realpath(folder))
+            for cand in _candidates(folder, index, summary, log):
+                by_name.setdefault(cand.name, []).append(cand)
+
+        for name in sorted(by_name):
+            cands = by_name[name]
+            groups: dict[tuple, list[_Candidate]] = {}
+            for cand in cands:
+                groups.setdefault(cand.identity, []).append(cand)
+            winner_id = max(groups, key=lambda i: (any(not c.is_error for c in groups[i]), _newest(groups[i]).created,
+                                                   -min(c.source for c in groups[i])))
+            if len(groups) > 1:
+                summary.clashes += 1
+                lost = sum(len(v) for k, v in groups.items() if k != winner_id)
+                report(f"clash: {name}: {lost} result(s) for other checkpoint contents, options or sidecars dropped; "
+                       f"kept {_newest(groups[winner_id]).path}")
+            group = groups[winner_id]
+            successes = [c for c in group if not c.is_error]
+            errors = [c for c in group if c.is_error]
+            keep: _Candidate
+            if successes:
+                summary.superseded += len(errors)
+                distinct = {c.numbers() for c in successes}
+                if len(distinct) > 1:
+                    keep = _newest(successes)
+                    summary.conflicts += 1
+                    summary.duplicates += len(successes) - len(distinct)
+                    report(f"conflict: {name}: {len(distinct)} different results for the same checkpoint, options and sidecar "
+                           f"({', '.join(str(c.path) for c in successes)}); kept the newest, {keep.path}")
+                else:
+                    in_out = [c for c in successes if c.source == 0]
+                    keep = in_out[0] if in_out else min(successes, key=lambda c: (c.source, str(c.path)))
+                    summary.duplicates += len(successes) - 1
+            else:
+                keep = _newest(errors)
+                summary.duplicates += len(errors) - 1
+            target = out / (f"{name}{ERROR_SUFFIX}" if keep.is_error else f"{name}.json")
+            other = out / (f"{name}.json" if keep.is_error else f"{name}{ERROR_SUFFIX}")
+            if keep.source == 0 and keep.path == target:
+                summary.unchanged += 1
+            else:
+                _atomic_write(target, keep.path.read_text(encoding="utf-8"))
+                summary.copied += 1
+            if other.exists():
+                _remove(other)
+                summary.removed += 1
+            if keep.is_error:
+                summary.errors += 1
+            else:
+                summary.records += 1
+        _clean_temporaries(out)
+    summary.seconds = time.perf_counter() - t0
+    return summary
