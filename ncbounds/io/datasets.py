@@ -291,23 +291,22 @@ def _load_digits(spec: str, rest: str, base_dir: str | None) -> DataSource:
         raise UsageError(
             f"in data spec `{spec}`, the split is impossible ({exc}); change test_fraction"
         ) from None
+    return _input_source(spec, xtr, ytr, xte, yte, {
+        "source": "sklearn load_digits",
+        "scaling": "pixels / 16 -> [0, 1]",
+        "split": "stratified sklearn train_test_split",
+        **opt,
+    })
+
+
+def _input_source(spec: str, x_train, y_train, x_test, y_test, info: dict) -> DataSource:
+    """A raw-input DataSource from train/test arrays (validated by _make_split)."""
     splits = {
-        "train": _make_split(xtr, ytr, "train", spec),
-        "test": _make_split(xte, yte, "test", spec),
+        "train": _make_split(x_train, y_train, "train", spec),
+        "test": _make_split(x_test, y_test, "test", spec),
     }
-    return DataSource(
-        spec=spec,
-        kind="inputs",
-        num_classes=_num_classes(splits),
-        train=splits["train"],
-        test=splits["test"],
-        info={
-            "source": "sklearn load_digits",
-            "scaling": "pixels / 16 -> [0, 1]",
-            "split": "stratified sklearn train_test_split",
-            **opt,
-        },
-    )
+    return DataSource(spec=spec, kind="inputs", num_classes=_num_classes(splits), train=splits["train"],
+                      test=splits["test"], info=info)
 
 
 def _load_mnist1d(spec: str, rest: str, base_dir: str | None) -> DataSource:
@@ -346,23 +345,12 @@ def _load_mnist1d(spec: str, rest: str, base_dir: str | None) -> DataSource:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    splits = {
-        "train": _make_split(data["x"], data["y"], "train", spec),
-        "test": _make_split(data["x_test"], data["y_test"], "test", spec),
-    }
-    return DataSource(
-        spec=spec,
-        kind="inputs",
-        num_classes=_num_classes(splits),
-        train=splits["train"],
-        test=splits["test"],
-        info={
-            "source": "mnist1d.data.make_dataset",
-            "scaling": "standardized by mnist1d (global mean 0, std 1)",
-            "n_generated": n_total,
-            **opt,
-        },
-    )
+    return _input_source(spec, data["x"], data["y"], data["x_test"], data["y_test"], {
+        "source": "mnist1d.data.make_dataset",
+        "scaling": "standardized by mnist1d (global mean 0, std 1)",
+        "n_generated": n_total,
+        **opt,
+    })
 
 
 def etf_means(K: int, d: int, r: float = 1.0, seed: int = 0) -> np.ndarray:
