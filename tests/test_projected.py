@@ -36,7 +36,7 @@ def test_projected_shards_merge_by_addition():
     stats = ClassStats(6, 10, "none").update(h, y)
     whole = ProjectedStats(stats.means, stats.counts).update(torch.as_tensor(h), torch.as_tensor(y))
     parts = [ProjectedStats(stats.means, stats.counts) for _ in range(3)]
-    for part, idx in zip(parts, np.array_split(np.arange(300), 3)):
+    for part, idx in zip(parts, np.array_split(np.arange(300), 3), strict=True):
         part.update(torch.as_tensor(h[idx]), torch.as_tensor(y[idx]))
     merged = parts[0].merge(parts[1]).merge(parts[2])
     torch.testing.assert_close(merged.within, whole.within, rtol=1e-12, atol=0)

@@ -41,7 +41,7 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     numeric = [i > 0 and all(_is_number(r[i]) or r[i] == "" for r in rows) for i in range(len(header))]
 
     def line(r):
-        return "  ".join(str(c).rjust(w) if numeric[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        return "  ".join(str(c).rjust(w) if numeric[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
 
     return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
 
