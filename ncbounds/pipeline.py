@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import datetime as _dt
 import platform
 import time
@@ -81,6 +82,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_GENERATED = ("digits", "mnist1d", "gaussian-etf")
+
+
+@functools.lru_cache(maxsize=2)
+def _load_generated(spec: str) -> DataSource:
+    return load_data(spec)
+
+
+def _load_data(spec: str, base_dir: str | None) -> DataSource:
+    """Load a data spec; the deterministic built-in generators are cached in-process, so a batch
+    over many checkpoints does not regenerate (e.g.) MNIST-1D for each one. File-based specs are
+    always read afresh. Cached arrays are shared: the pipeline never writes to them."""
+    if spec.split(":", 1)[0] in _GENERATED or spec.startswith("gaussian-etf"):
+        return _load_generated(spec)
+    return load_data(spec, base_dir=base_dir)
+
+
 @dataclass
 class _Prepared:
     model: torch.nn.Module | None
@@ -99,7 +117,7 @@ def _prepare(checkpoint: str | None, opts: EvalOptions) -> _Prepared:
     if not data_spec:
         raise UsageError("no data given: pass --data SPEC (e.g. digits, mnist1d, npz:FILE) or add 'data' to the sidecar.")
     data_base = side.base_dir if (side and not opts.data) else None
-    data = load_data(data_spec, base_dir=data_base)
+    data = _load_data(data_spec, data_base)
     if data.kind == "features":
         if checkpoint:
             raise UsageError("--data features:FILE already holds the features; run `ncbounds report --data features:FILE` without a checkpoint.")

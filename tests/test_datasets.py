@@ -368,7 +368,7 @@ def test_cifar_refuses_arbitrary_pickles(tmp_path):
 # ----------------------------------------------------------------------------- batches
 
 
-def test_iterate_batches_shares_memory():
+def test_iterate_batches_copies_so_inplace_models_cannot_alter_the_split():
     x = np.arange(20, dtype=np.float32).reshape(10, 2)
     split = Split(x=x, y=np.arange(10, dtype=np.int64))
     batches = list(iterate_batches(split, 4))
@@ -376,9 +376,9 @@ def test_iterate_batches_shares_memory():
     xb, yb = batches[0]
     assert isinstance(xb, torch.Tensor) and xb.dtype == torch.float32 and yb.dtype == torch.int64
     assert xb.device.type == "cpu"
-    xb[0, 0] = -1.0  # a view, not a copy
-    assert x[0, 0] == -1.0
     assert torch.equal(torch.cat([b[0] for b in batches]), torch.from_numpy(x))
+    xb[0, 0] = -1.0  # e.g. a model doing x.div_(255): the split is untouched
+    assert x[0, 0] == 0.0
     with pytest.raises(UsageError):
         next(iterate_batches(split, 0))
 

@@ -116,22 +116,16 @@ class DataSource:
 def iterate_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` CPU tensors of at most ``batch_size`` samples, in order.
 
-    Batches share memory with ``split`` (``torch.from_numpy`` of a slice) when the arrays are
-    C-contiguous and writable; otherwise (e.g. memory-mapped read-only arrays) only the current
-    batch is copied. ``x`` stays float32, ``y`` int64.
+    Each batch is a fresh copy (one batch at a time, so memory stays bounded): a model that edits
+    its input in place (``x.div_(255)``) can never alter the split, which is reused by later passes,
+    the Monte-Carlo bounds and the in-process data cache. ``x`` keeps its dtype, ``y`` is int64.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
     n = len(split)
     for start in range(0, n, batch_size):
-        yield _tensor(split.x[start : start + batch_size]), _tensor(split.y[start : start + batch_size])
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """Zero-copy tensor of a C-contiguous writable array; a one-batch copy otherwise."""
-    if not a.flags.c_contiguous or not a.flags.writeable:
-        a = np.array(a, order="C")
-    return torch.from_numpy(a)
+        yield (torch.from_numpy(np.array(split.x[start : start + batch_size], copy=True, order="C")),
+               torch.from_numpy(np.array(split.y[start : start + batch_size], copy=True, order="C")))
 
 
 # ----------------------------------------------------------------------------------------------
