@@ -81,6 +81,11 @@ class _Geometry:
         return float((quad / (s * s)).sum())
 
     @functools.cached_property
+    def pair_sq_distances(self) -> torch.Tensor:
+        """‖μ_i − μ_j‖² over present classes (shared by CDNV and directional CDNV)."""
+        return _pair_sq_distances(self.centered)
+
+    @functools.cached_property
     def pair_forms(self) -> torch.Tensor | None:
         """Q[i, j] = (μ_j − μ_i)ᵀ S_i (μ_j − μ_i) over present classes, or None if not collected."""
         if self.projected is not None:
@@ -96,6 +101,11 @@ class _Geometry:
         return quad
 
 
+def _geometry(stats, convention: Convention, projected: ProjectedStats | None = None) -> _Geometry:
+    """The shared view of ``stats`` (built once by :func:`collapse_metrics` and passed to every metric)."""
+    return stats if isinstance(stats, _Geometry) else _Geometry(stats, convention, projected)
+
+
 def between_rank(stats: ClassStats) -> int:
     """Numerical rank of M̃ (≤ min(K − 1, d)); below that, NC1 uses the pseudo-inverse on the rank."""
     return int(mean_span_basis(stats.means, stats.counts > 0)[0].shape[1])
@@ -107,7 +117,7 @@ def nc1(stats: ClassStats, convention: Convention = CANONICAL, projected: Projec
     Σ_B = M̃ᵀM̃/K, so Tr(Σ_W Σ_B⁺)/K = Tr(Σ_W (M̃ᵀM̃)⁺). Convention modes: without the 1/K (Papyan's
     notebook), Σ_B normalized by d (rhubarbwu: factor d/K), or He & Su's frequency-weighted SS_B.
     """
-    g = _Geometry(stats, convention, projected)
+    g = _geometry(stats, convention, projected)
     if g.K < 2:
         return None
     if convention.nc1_frequency_weighted:
@@ -134,7 +144,7 @@ def _frequency_rows(g: _Geometry) -> torch.Tensor:
 
 def trace_ratio(stats: ClassStats, convention: Convention = CANONICAL) -> float | None:
     """Tr Σ_W / Tr Σ_B (Tirer, Huang & Niles-Weed 2023; the C_l of Wang et al. 2023)."""
-    g = _Geometry(stats, convention)
+    g = _geometry(stats, convention)
     tr_b = float((g.centered * g.centered).sum()) / g.K
     if g.K < 2 or tr_b == 0.0:
         return None
@@ -147,7 +157,7 @@ def separation_fuzziness(stats: ClassStats, convention: Convention = CANONICAL, 
     SS_W = (1/N) Σ_i (h_i − μ_{y_i})(·)ᵀ = Σ_W and the frequency-weighted
     SS_B = Σ_c (n_c/N)(μ_c − μ̄)(μ_c − μ̄)ᵀ with μ̄ the sample mean; balanced classes give D = K·NC1.
     """
-    g = _Geometry(stats, convention, projected)
+    g = _geometry(stats, convention, projected)
     if g.K < 2:
         return None
     return g.pinv_trace(_frequency_rows(g))
@@ -166,10 +176,10 @@ def cdnv(stats: ClassStats, convention: Convention = CANONICAL) -> float | None:
     CDNV = mean over i<j of (v_i + v_j) / (2‖μ_i − μ_j‖²), v_c = E_c‖h − μ_c‖² (biased); the quartic
     convention uses ‖μ_i − μ_j‖⁴.
     """
-    g = _Geometry(stats, convention)
+    g = _geometry(stats, convention)
     if g.K < 2:
         return None
-    dist = _pair_sq_distances(g.centered)
+    dist = g.pair_sq_distances
     i, j = torch.triu_indices(g.K, g.K, offset=1)
     if bool((dist[i, j] == 0).any()):
         return None
@@ -185,11 +195,11 @@ def directional_cdnv(stats: ClassStats, convention: Convention = CANONICAL, proj
     the class-i variance along the direction of class j, in units of the squared distance. Needs
     per-class scatter matrices or a :class:`ProjectedStats` replay; returns None otherwise.
     """
-    g = _Geometry(stats, convention, projected)
+    g = _geometry(stats, convention, projected)
     quad = g.pair_forms if g.K >= 2 else None
     if quad is None:
         return None
-    dist = _pair_sq_distances(g.centered)
+    dist = g.pair_sq_distances
     off = ~torch.eye(g.K, dtype=torch.bool, device=dist.device)
     if bool((dist[off] == 0).any()):
         return None
@@ -263,13 +273,13 @@ def collapse_metrics(
     absent from the split are left out together with their means. ``projected`` supplies the
     second-order statistics when ``stats`` holds no scatter matrices.
     """
-    g = _Geometry(stats, convention)
+    g = _Geometry(stats, convention, projected)  # one view: SVDs, Σ_W projection and distances computed once
     out: dict[str, float | None] = {
-        "nc1": nc1(stats, convention, projected),
-        "trace_ratio": trace_ratio(stats, convention),
-        "separation_fuzziness": separation_fuzziness(stats, convention, projected),
-        "cdnv": cdnv(stats, convention),
-        "directional_cdnv": directional_cdnv(stats, convention, projected),
+        "nc1": nc1(g, convention),
+        "trace_ratio": trace_ratio(g, convention),
+        "separation_fuzziness": separation_fuzziness(g, convention),
+        "cdnv": cdnv(g, convention),
+        "directional_cdnv": directional_cdnv(g, convention),
     }
     means = g.centered
     enough = g.K >= 2
