@@ -93,7 +93,8 @@ class LinearLayer:
     operator norm of x ↦ Wx (bias excluded), or None with ``norm_error`` when it cannot be certified.
     ``fro_norm``: Frobenius norm of the weight *tensor* (the parameters, as in Jiang et al. 2020);
     :meth:`matrix_fro_norm` is that of the full linear map. ``init_weight``/``init_bias``: the same
-    quantities at initialization when an init state_dict was given.
+    quantities at initialization when an init state_dict was given. ``norm_device``: where the
+    operator-norm linear algebra runs (the device of the analysed model; None = CPU).
     """
 
     index: int
@@ -110,6 +111,7 @@ class LinearLayer:
     norm_error: str | None = None
     init_weight: torch.Tensor | None = None
     init_bias: torch.Tensor | None = None
+    norm_device: Any = None
 
     @property
     def has_bias(self) -> bool:
@@ -388,7 +390,8 @@ def _operator_norm(layer: LinearLayer, weight: torch.Tensor) -> OperatorNorm:
         return linear_operator_norm(weight)
     cfg = layer.conv
     return conv_operator_norm_upper(weight, layer.spatial_shape, stride=cfg["stride"], padding=cfg["padding"],
-                                    dilation=cfg["dilation"], groups=cfg["groups"], padding_mode=cfg["padding_mode"])
+                                    dilation=cfg["dilation"], groups=cfg["groups"], padding_mode=cfg["padding_mode"],
+                                    device=layer.norm_device)
 
 
 def _make_layer(index: int, call: _Call, inp: torch.Tensor) -> LinearLayer:
@@ -440,7 +443,8 @@ def extract_network(model: nn.Module, input_shape: Any, init_state: dict[str, to
     ``input_shape``: one sample's shape, without the batch dimension (e.g. ``(64,)``, ``(1, 28, 28)``).
     ``init_state``: optional state_dict at initialization; gives every layer ``init_weight``/``init_bias``.
     Never raises for an unsupported model: the result then has ``supported=False`` and the reason.
-    ``ctx.model`` is not modified (a float64 CPU deep copy is traced).
+    ``ctx.model`` is not modified (a float64 CPU deep copy is traced). The FFTs and eigenvalue
+    problems of the convolutions' operator norms run on the device of ``model``'s parameters.
     """
     shape = _check_shape(input_shape)
     if isinstance(shape, str):
@@ -513,7 +517,9 @@ def extract_network(model: nn.Module, input_shape: Any, init_state: dict[str, to
 
     norm_reason = None
     if compute_norms:
+        norm_device = next((p.device for p in model.parameters()), None)
         for layer in layers:
+            layer.norm_device = norm_device
             layer.fro_norm = float(torch.linalg.vector_norm(layer.weight))
             try:
                 layer.op_norm = _operator_norm(layer, layer.weight)
