@@ -12,7 +12,8 @@ worker, then the timed ``run_batch(..., backend="ray", cpus_per_task=1)`` in thi
 connection. Printed: cluster start-up, worker warm-up and batch wall time per W, seconds per
 checkpoint and the speed-up over W = 1 (batch wall time only; start-up and warm-up are fixed costs
 paid once per batch). The records of every W are checked to be equal value for value.
-``--local`` adds the local backend (``jobs=1``, 1 torch thread) as a reference line.
+``--local`` adds the local backend with ``jobs=1`` and ``jobs=2`` (plain processes, 1 torch thread each)
+as reference lines: their ratio is what two cores of this machine give for this workload without Ray.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def numbers(out: Path) -> dict:
             for p in sorted(out.glob("*.json")) if not p.name.endswith(ERROR_SUFFIX)}
 
 
+def task_seconds(out: Path) -> float:
+    """Sum over the records of the evaluation time measured inside the tasks (loading included)."""
+    return sum(json.loads(p.read_text())["timings"]["total"] for p in out.glob("*.json") if not p.name.endswith(ERROR_SUFFIX))
+
+
 def run_ray(root: Path, out: Path, workers: int, options: EvalOptions) -> dict:
     import ray
 
@@ -75,7 +81,7 @@ def run_ray(root: Path, out: Path, workers: int, options: EvalOptions) -> dict:
     finally:
         ray.shutdown()
     assert summary.failed == 0, summary.failures
-    return {"start": t1 - t0, "warm": t2 - t1, "batch": t3 - t2, "warm_workers": len(pids)}
+    return {"start": t1 - t0, "warm": t2 - t1, "batch": t3 - t2, "warm_workers": len(pids), "in_tasks": task_seconds(out)}
 
 
 def main() -> None:
@@ -84,7 +90,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--local", action="store_true", help="also time the local backend (jobs=1, 1 torch thread)")
+    parser.add_argument("--local", action="store_true", help="also time the local backend with jobs=1 and jobs=2 (1 torch thread each): the machine's own ceiling")
     args = parser.parse_args()
 
     try:
@@ -100,25 +106,29 @@ def main() -> None:
         print(f"ray {ray.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs; {args.checkpoints} checkpoints of "
               f"{arch} on digits, --layers all, --bounds default", flush=True)
         rows, results = [], {}
-        if args.local:
-            t0 = time.perf_counter()
-            run_batch(root, Path(tmp) / "out-local", options, progress=False)
-            rows.append(("local jobs=1", None, None, time.perf_counter() - t0))
-            results["local"] = numbers(Path(tmp) / "out-local")
+        if args.local:  # the same batch in 1 and 2 plain processes: what this machine allows without Ray
+            for jobs in (1, 2):
+                out = Path(tmp) / f"out-local-{jobs}"
+                t0 = time.perf_counter()
+                run_batch(root, out, options, progress=False, jobs=jobs)
+                rows.append((f"local jobs={jobs}", None, None, time.perf_counter() - t0, task_seconds(out)))
+                results[f"local{jobs}"] = numbers(out)
         for workers in args.workers:
             out = Path(tmp) / f"out-ray-{workers}"
             t = run_ray(root, out, workers, options)
-            rows.append((f"ray {workers} worker{'s' if workers != 1 else ''}", t["start"], t["warm"], t["batch"]))
+            rows.append((f"ray {workers} worker{'s' if workers != 1 else ''}", t["start"], t["warm"], t["batch"], t["in_tasks"]))
             results[workers] = numbers(out)
             print(f"  done: {rows[-1][0]} ({t['warm_workers']} warm worker processes)", flush=True)
         first = next(iter(results.values()))
         same = all(r == first for r in results.values())
         base = next((r[3] for r in rows if r[0].startswith("ray 1 ")), rows[0][3])
-        print("\n| run | cluster start (s) | warm-up (s) | batch wall (s) | s / checkpoint | speed-up vs ray 1 worker |")
-        print("|---|---|---|---|---|---|")
-        for name, start, warm, wall in rows:
+        print("\n| run | cluster start (s) | warm-up (s) | batch wall (s) | s / checkpoint | summed time inside tasks (s) "
+              "| speed-up vs ray 1 worker |")
+        print("|---|---|---|---|---|---|---|")
+        for name, start, warm, wall, inside in rows:
             fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
-            print(f"| {name} | {fmt(start)} | {fmt(warm)} | {wall:.1f} | {wall / args.checkpoints:.2f} | {base / wall:.2f}× |")
+            print(f"| {name} | {fmt(start)} | {fmt(warm)} | {wall:.1f} | {wall / args.checkpoints:.2f} | {inside:.1f} "
+                  f"| {base / wall:.2f}× |")
         print(f"\nrecords equal value for value across runs: {same}")
         if not same:
             sys.exit(1)

@@ -100,3 +100,17 @@ def test_amp_keeps_statistics_float64(tmp_path):
     assert stats.means.dtype == torch.float64
     ref = ncbounds.evaluate(path, arch=ARCH, data="digits", device="cpu", bounds="none")
     assert rec.metric("nc1", "train") == pytest.approx(ref.metric("nc1", "train"), rel=2e-2)
+
+
+def test_conv_operator_norms_agree_on_cpu_and_cuda():
+    """The certified conv norms run on the model's device; the value must not depend on it."""
+    from ncbounds.weights import conv_operator_norm_upper
+
+    rng = np.random.default_rng(3)
+    for shape, kwargs in [((64, 32, 3, 3), dict(stride=1, padding=1)), ((128, 64, 3, 3), dict(stride=2, padding=1)),
+                          ((128, 64, 1, 1), dict(stride=2)), ((16, 8, 5), dict(stride=3, padding=2, dilation=2))]:
+        w = rng.standard_normal(shape) / 10
+        spatial = (12, 12) if len(shape) == 4 else (20,)
+        cpu = conv_operator_norm_upper(w, spatial, **kwargs)
+        gpu = conv_operator_norm_upper(w, spatial, **kwargs, device="cuda")
+        assert gpu.value == pytest.approx(cpu.value, rel=1e-10) and gpu.method == cpu.method

@@ -220,16 +220,18 @@ def _strided_sigma_max(w: np.ndarray, grid: tuple[int, ...], dilation: tuple[int
 
 def _rounding_margin(w: np.ndarray, grid: tuple[int, ...], sigma: float, stride_prod: int = 1
                      ) -> float:
-    """Absolute error allowance for FFT + SVD in float64.
+    """Absolute error allowance for the FFT in float64 (plus an O(ε·√c·σ) slack).
 
     FFT (Higham 2002, Accuracy and Stability of Numerical Algorithms, 2nd ed., §24.1, error bound
     of the Cooley–Tukey FFT): the computed DFT of each
     (o, c) kernel has 2-norm error ≲ η·log₂N·√N·‖w_oc‖₂ over all N frequencies, hence every
-    per-frequency matrix has spectral error ≤ η·log₂N·√N·‖w‖_F; SVD adds O(ε·√c·σ). We take η = 16ε.
+    per-frequency matrix has spectral error ≤ η·log₂N·√N·‖w‖_F. We take η = 16ε. The eigenvalue
+    step's own allowance is already inside :func:`_max_singular_value`; the 16ε·√c·σ term (the
+    allowance of an SVD, used before) is kept as extra slack.
     """
     n_total = int(np.prod(grid))
     fro = float(np.linalg.norm(w.ravel()))
-    c = max(w.shape[0], w.shape[1] * stride_prod)  # widest matrix handed to the SVD
+    c = max(w.shape[0], w.shape[1] * stride_prod)  # widest per-frequency matrix
     return 16.0 * _EPS * ((math.log2(max(n_total, 2)) + 1.0) * math.sqrt(n_total) * fro
                           + math.sqrt(c) * sigma)
 
