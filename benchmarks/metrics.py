@@ -17,9 +17,9 @@ memory figure is the growth of its peak resident set while computing (inputs alr
 from __future__ import annotations
 
 import argparse
-import sys
 import multiprocessing as mp
 import resource
+import sys
 import time
 from pathlib import Path
 

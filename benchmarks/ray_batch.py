@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--local", action="store_true", help="also time the local backend with jobs=1 and jobs=2 (1 torch thread each): the machine's own ceiling")
+    parser.add_argument("--local", action="store_true",
+                        help="also time the local backend with jobs=1 and jobs=2 (1 torch thread each): the machine's own ceiling")
     args = parser.parse_args()
 
     try:

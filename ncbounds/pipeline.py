@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import datetime as _dt
+import functools
 import platform
 import time
 from dataclasses import asdict, dataclass, field
