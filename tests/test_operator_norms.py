@@ -345,3 +345,32 @@ def test_batchnorm_folding_rejects_bad_inputs():
         fold_batchnorm(torch.ones(5, 3, 3, 3), None, nn.BatchNorm2d(4))
     with pytest.raises(TypeError):
         fold_batchnorm(torch.ones(4, 3), None, nn.LayerNorm(4))
+
+
+def test_network_norms_fall_back_to_the_cpu_when_the_device_fails(monkeypatch):
+    """A device without memory or complex eigensolvers must not turn a certified norm into an error."""
+    from ncbounds.weights import network as network_module
+
+    layer = nn.Conv2d(3, 4, 3, padding=1, bias=False).double()
+    rng = np.random.default_rng(2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(rng.standard_normal((4, 3, 3, 3))))
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(4 * 36, 2))
+    cpu = network_module.extract_network(model, (3, 6, 6)).layers[0].op_norm
+    calls = []
+    real = network_module.conv_operator_norm_upper
+
+    def flaky(*args, device=None, **kwargs):
+        calls.append(device)
+        if device is not None:
+            raise RuntimeError("out of memory on the pretend device")
+        return real(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(network_module, "conv_operator_norm_upper", flaky)
+    net = network_module.extract_network(model, (3, 6, 6))
+    net.layers[0].norm_device = torch.device("meta")
+    again = network_module._operator_norm(net.layers[0], net.layers[0].weight)
+    assert calls[-2:] == [torch.device("meta"), None]
+    assert again.value == cpu.value
+    true = _sigma_max(dense_conv_matrix(layer.weight.detach().numpy(), (6, 6), padding=1))
+    assert again.value >= true

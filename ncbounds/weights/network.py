@@ -389,9 +389,19 @@ def _operator_norm(layer: LinearLayer, weight: torch.Tensor) -> OperatorNorm:
     if layer.conv is None:
         return linear_operator_norm(weight)
     cfg = layer.conv
-    return conv_operator_norm_upper(weight, layer.spatial_shape, stride=cfg["stride"], padding=cfg["padding"],
-                                    dilation=cfg["dilation"], groups=cfg["groups"], padding_mode=cfg["padding_mode"],
-                                    device=layer.norm_device)
+
+    def on(device):
+        return conv_operator_norm_upper(weight, layer.spatial_shape, stride=cfg["stride"], padding=cfg["padding"],
+                                        dilation=cfg["dilation"], groups=cfg["groups"], padding_mode=cfg["padding_mode"],
+                                        device=device)
+
+    device = layer.norm_device
+    if device is None or torch.device(device).type == "cpu":
+        return on(None)
+    try:
+        return on(device)
+    except (RuntimeError, NotImplementedError):  # the device lacks the memory or a complex op: same value on the CPU
+        return on(None)
 
 
 def _make_layer(index: int, call: _Call, inp: torch.Tensor) -> LinearLayer:
