@@ -265,8 +265,9 @@ def conv_operator_norm_circular(weight: Any, input_shape: int | Sequence[int],
     symmetric padding with 2·p_i = d_i·(k_i − 1)): its output is a circular shift of the periodic
     correlation on the n-grid, so its singular values are those of
     :func:`circular_conv_singular_values` and the norm is their maximum over frequencies and groups.
-    Method 'fft-circular-exact', exact (value includes a rounding margin of order 1e-13 relative,
-    see ``_rounding_margin``).
+    Method 'fft-circular-exact', exact (value includes float64 rounding margins: ~1e-13 relative for
+    the FFT, see ``_rounding_margin``, and at most ~1e-10 relative for the eigenvalue step at 512
+    channels, see ``_max_singular_value``).
 
     ``device``: where the FFT and the eigenvalue problems run (default CPU); the value does not
     depend on it beyond float64 rounding.
@@ -326,7 +327,8 @@ def conv_operator_norm_upper(
     polyphase block is (Π s_i)^{−1/2}·[W_g … W_g], whose norm is σ_max(W_g): the same bound is then
     computed from the c_out/g × c_in/g matrices alone (no FFT).
 
-    The value includes an absolute float64 rounding margin (``_rounding_margin``, ~1e-13 relative).
+    The value includes float64 rounding margins (``_rounding_margin``, ~1e-13 relative, and that of
+    ``_max_singular_value``, ≤ ~1e-10 relative at 512 channels).
     Method 'fft-circular-embedding' (exact=False), or 'fft-circular-exact' for the exact circular
     cases above. ``device``: where the FFT and the eigenvalue problems run (default CPU).
     """
