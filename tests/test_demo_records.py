@@ -37,9 +37,15 @@ VOLATILE = {
 }
 
 
+#: absolute paths: only their file name is compared
+PATHS = {("options", "init")}
+
+
 def _compare(old, new, path=()) -> list[str]:
     if path in VOLATILE:
         return []
+    if path in PATHS and isinstance(old, str) and isinstance(new, str):
+        old, new = Path(old).name, Path(new).name
     where = "/".join(map(str, path)) or "<record>"
     if isinstance(old, dict):
         if not isinstance(new, dict):
