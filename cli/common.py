@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import inspect as pyinspect
 import json
+import os
 import sys
 import traceback
-from pathlib import Path
 
 import click
 
 from ncbounds.errors import NCBoundsError
+from ncbounds.io.output import check_output_path, write_atomic
 
 
 def _fail(message: str, code: int) -> None:
@@ -52,16 +53,30 @@ def handle_errors(func):
     return click.option("--debug", is_flag=True, help="Show full tracebacks.")(wrapper)
 
 
-def _write(text: str, output: str | None) -> None:
-    if output:
-        path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text if text.endswith("\n") else text + "\n")
-        tmp.replace(path)
-        click.echo(f"wrote {path}", err=True)
-    else:
-        click.echo(text)
+def to_stdout(output: str | None) -> bool:
+    """``-o`` not given, or ``-o -``: the data go to standard output."""
+    return output is None or output == "" or output == "-"
+
+
+def check_output(output: str | None) -> None:
+    """Refuse an ``-o`` path that must not be replaced (directory, device, FIFO, socket) before any work."""
+    if not to_stdout(output):
+        check_output_path(output)
+
+
+def _write(data: str | bytes, output: str | None) -> None:
+    """Data to stdout (``-o`` absent or ``-``) or atomically to a file (:func:`ncbounds.io.output.write_atomic`)."""
+    if to_stdout(output):
+        if isinstance(data, bytes):
+            click.get_binary_stream("stdout").write(data)
+        else:
+            click.echo(data)
+        return
+    if isinstance(data, str) and not data.endswith("\n"):
+        data += "\n"
+    path = write_atomic(output, data)
+    shown = output if os.path.realpath(output) == str(path) else f"{output} (→ {path})"
+    click.echo(f"wrote {shown}", err=True)
 
 
 def _json_object(text: str | None, what: str) -> dict:
@@ -90,6 +105,9 @@ def evaluation_options(func):
         click.option("--conv-reduce", type=click.Choice(["avg", "flatten"]), default="avg", show_default=True, help="Reduction of conv feature maps."),
         click.option("--convention", default="canonical", show_default=True, help="Metric convention (see `ncbounds conventions`)."),
         click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling (only for checkpoints from a trusted source)."),
+        click.option("--trust-code", is_flag=True,
+                     help="Let sidecars name Python files / import paths as architectures and paths outside their folder "
+                          "(only for folders you trust)."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--bounds", default="default", show_default=True,
                      help="Bounds: default (all but Monte-Carlo ones), all, none, certificates, predictors, a group or NAME,NAME."),
@@ -125,7 +143,7 @@ def _options_from(kw: dict):
         bounds=kw["bounds"], delta=kw["delta"], init=kw["init"], mc_samples=kw["mc_samples"], shots=_shots(kw["shots"]), amp=kw["amp"],
         arch=kw["arch"], arch_kwargs=_json_object(kw["arch_kwargs"], "--arch-kwargs"), data=kw["data"],
         layers=kw["layers"], device=kw["device"], batch_size=kw["batch_size"], conv_reduce=kw["conv_reduce"],
-        convention=kw["convention"], trust_checkpoint=kw["trust_checkpoint"], seed=kw["seed"],
+        convention=kw["convention"], trust_checkpoint=kw["trust_checkpoint"], trust_code=kw["trust_code"], seed=kw["seed"],
     )
 
 

@@ -10,7 +10,7 @@ import json
 
 import click
 
-from cli.common import _fail, _json_object, _options_from, _write, evaluation_options, handle_errors  # noqa: F401 - re-exported
+from cli.common import _fail, _json_object, _options_from, _write, check_output, evaluation_options, handle_errors  # noqa: F401 - re-exported
 from ncbounds.errors import NCBoundsError
 
 
@@ -32,6 +32,7 @@ def report(checkpoint, fmt, output, quiet, debug=False, **kw):
     from ncbounds.pipeline import evaluate
     from ncbounds.report.table import render_table
 
+    check_output(output)
     opts = _options_from(kw)
     opts.progress = not quiet
     opts.debug = debug

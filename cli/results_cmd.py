@@ -1,47 +1,15 @@
 """`ncbounds export`, `ncbounds correlate`, `ncbounds plot`: commands over a results folder (DESIGN §7).
 
-The command objects are registered on the ``main`` group by ``cli/main.py``. They reuse its
-``handle_errors`` and ``_write``, imported when a command runs (``cli.main`` imports this module to
-register the commands, so importing it back at import time would be circular).
+The command objects are registered on the ``main`` group by ``cli/main.py``; the error handling and
+the output writer come from ``cli.common``.
 Data goes to stdout or ``-o FILE``; notes (skipped files) go to stderr.
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import click
 
-
-def _handle_errors(func):
-    """``cli.main.handle_errors`` (one-line errors, exit codes, --debug), resolved at call time."""
-    wrapped = {}
-
-    @functools.wraps(func)
-    def call(*args, **kwargs):
-        if "f" not in wrapped:
-            from cli.main import handle_errors
-
-            wrapped["f"] = handle_errors(func)
-        return wrapped["f"](*args, **kwargs)
-
-    return click.option("--debug", is_flag=True, help="Show full tracebacks.")(call)
-
-
-def _write(text: str, output: str | None) -> None:
-    from cli.main import _write as write
-
-    write(text, output)
-
-
-def _write_bytes(data: bytes, output: str) -> None:
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    click.echo(f"wrote {path}", err=True)
+from cli.common import _write, check_output, handle_errors
 
 
 def _load(results: str):
@@ -50,6 +18,8 @@ def _load(results: str):
     records = load_records(results)
     if records.summary():
         click.echo(f"note: {records.summary()}", err=True)
+        for line in records.skipped_lines():
+            click.echo(f"note: {line}", err=True)
     return records
 
 
@@ -58,20 +28,18 @@ def _load(results: str):
 @click.option("--format", "fmt", type=click.Choice(["csv", "csv-long", "json", "latex", "parquet"]), default="csv", show_default=True)
 @click.option("-o", "--output", help="Write to this file instead of stdout (required for parquet).")
 @click.option("--columns", help="Wide-table columns to keep, in order: names or patterns, e.g. checkpoint,test_error,bound.*.")
-@_handle_errors
+@handle_errors
 def export(results, fmt, output, columns):
     """Export the records of a RESULTS folder (or JSON record file) as CSV, tidy CSV, JSON, LaTeX or Parquet."""
     from ncbounds.errors import UsageError
     from ncbounds.report.export import export as render
 
     if fmt == "parquet" and not output:
-        raise UsageError("--format parquet is binary; give -o FILE.parquet.")
+        raise UsageError("--format parquet is binary; give -o FILE.parquet (or -o - to send it to stdout).")
+    check_output(output)
     records = _load(results)
     data = render(records, fmt, columns=columns)
-    if isinstance(data, bytes):
-        _write_bytes(data, output)
-    else:
-        _write(data.rstrip("\n"), output)
+    _write(data if isinstance(data, bytes) else data.rstrip("\n"), output)
 
 
 @click.command()
@@ -80,13 +48,14 @@ def export(results, fmt, output, columns):
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "latex"]), default="table", show_default=True)
 @click.option("--hparams", help="Hyperparameters of the granulated τ, e.g. lr,width (default: every hp with ≥ 2 values, seeds excluded).")
 @click.option("-o", "--output", help="Write to this file instead of stdout.")
-@_handle_errors
+@handle_errors
 def correlate(results, target, fmt, hparams, output):
     """Kendall τ-b and granulated Kendall (Jiang et al. 2020) of every measure and bound with the test error or gap."""
     from ncbounds.report.correlate import correlate_table, render_text
     from ncbounds.report.export import latex_table
     from ncbounds.report.results import records_to_frame
 
+    check_output(output)
     df = records_to_frame(_load(results))
     table = correlate_table(df, target=target, hparams=hparams)
     if fmt == "table":
@@ -106,7 +75,7 @@ def correlate(results, target, fmt, hparams, output):
 @click.option("--x", "x", default="hp.epoch", show_default=True, help="Horizontal axis of --kind epochs (hp.epoch or hp.step).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Split of --kind layers.")
 @click.option("--predictors", is_flag=True, help="Also draw predictors in --kind bounds (they have no error scale).")
-@_handle_errors
+@handle_errors
 def plot(results, kind, output, x, split, predictors):
     """Plot a RESULTS folder: bounds vs test error, metrics vs epoch, or log D_l vs layer."""
     from ncbounds.report import plots

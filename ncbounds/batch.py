@@ -96,7 +96,6 @@ import json
 import multiprocessing
 import os
 import re
-import secrets
 import sys
 import time
 import traceback
@@ -107,6 +106,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ncbounds.errors import NCBoundsError, UsageError
+from ncbounds.io.output import temporary_target, write_atomic
 from ncbounds.io.sidecar import read_sidecar
 from ncbounds.pipeline import EvalOptions
 from ncbounds.progress import Progress
@@ -119,9 +119,13 @@ __all__ = [
     "BatchFailure",
     "BatchSummary",
     "find_checkpoints",
+    "hidden_checkpoints",
     "result_name",
     "options_hash",
     "sidecar_hash",
+    "inputs_hash",
+    "input_files",
+    "FileHashes",
     "file_sha256",
     "run_batch",
     "read_results",
@@ -140,12 +144,11 @@ RESULTS_DIRNAME = "ncbounds-results"
 #: Suffix of a failure record (``NAME.error.json``); a success record is ``NAME.json``.
 ERROR_SUFFIX = ".error.json"
 #: EvalOptions fields left out of :func:`options_hash` (they cannot change the numbers beyond rounding).
-IDENTITY_EXCLUDED = frozenset({"device", "batch_size", "trust_checkpoint", "progress", "debug"})
+IDENTITY_EXCLUDED = frozenset({"device", "batch_size", "trust_checkpoint", "trust_code", "progress", "debug"})
 
 _NON_MODEL_STEMS = frozenset({"optimizer", "scheduler", "scaler", "training_args"})
 _LOCK_NAME = ".ncbounds-batch.lock"
 _SHARD_LOCK_NAME = ".ncbounds-batch.shard-{}-of-{}.lock"
-_TMP_SUFFIX = ".tmp"
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*(?:_[A-Za-z0-9.\-]+)*\Z")
 _MAX_NAME = 180
 
@@ -180,21 +183,43 @@ def find_checkpoints(root: str | Path, glob: str = "**/*", *, exclude: Iterable[
     """The checkpoint files under ``root`` matching ``glob``, sorted by their path relative to ``root``.
 
     Only regular files with the extensions in :data:`CHECKPOINT_SUFFIXES` count. Skipped: hidden
-    files and folders, folders named ``ncbounds-results`` and those under ``exclude``, training-state
-    files (``optimizer.*``, ``scheduler.*``, ``scaler.*``, ``training_args.*``, ``rng_state*``),
-    files that a sidecar names as ``init_checkpoint`` and symbolic links to a file found anyway
-    (see the module docstring). Raises :class:`UsageError` if ``root`` is not a folder.
+    files and folders (unless ``glob`` itself names a hidden part, e.g. ``.runs/**/*``; see
+    :func:`hidden_checkpoints`), folders named ``ncbounds-results`` and those under ``exclude``,
+    training-state files (``optimizer.*``, ``scheduler.*``, ``scaler.*``, ``training_args.*``,
+    ``rng_state*``), files that a sidecar names as ``init_checkpoint`` and symbolic links to a file
+    found anyway (see the module docstring). Raises :class:`UsageError` if ``root`` is not a folder.
     """
+    return _discover(root, glob, exclude)[0]
+
+
+def hidden_checkpoints(root: str | Path, glob: str = "**/*", *, exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """Checkpoint files matching ``glob`` that :func:`find_checkpoints` leaves out because a part of their
+    path is hidden (``.hidden/m.pt``, ``.m.pt``); ``batch`` names them so nothing is skipped silently."""
+    return _discover(root, glob, exclude)[1]
+
+
+def _glob_names_hidden(glob: str) -> bool:
+    return any(part.startswith(".") and part not in (".", "..") for part in Path(glob).parts)
+
+
+def _discover(root: str | Path, glob: str, exclude: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder; pass the folder that holds the checkpoints.")
     excluded = [os.path.realpath(p) for p in exclude]
+    hidden_ok = _glob_names_hidden(glob)
     found: list[Path] = []
+    hidden: list[Path] = []
     for path in root.glob(glob):
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES or not path.is_file():
             continue
         rel = path.relative_to(root)
-        if any(part.startswith(".") or part == RESULTS_DIRNAME for part in rel.parts):
+        if any(part == RESULTS_DIRNAME for part in rel.parts):
+            continue
+        if any(part.startswith(".") for part in rel.parts) and not hidden_ok:
+            real = os.path.realpath(path)
+            if not any(real == ex or real.startswith(ex.rstrip(os.sep) + os.sep) for ex in excluded):
+                hidden.append(path)
             continue
         real = os.path.realpath(path)
         if any(real == ex or real.startswith(ex.rstrip(os.sep) + os.sep) for ex in excluded):
@@ -206,7 +231,8 @@ def find_checkpoints(root: str | Path, glob: str = "**/*", *, exclude: Iterable[
     found = [p for p in found if os.path.realpath(p) not in inits]
     real_files = {os.path.realpath(p) for p in found if not p.is_symlink()}
     found = [p for p in found if not (p.is_symlink() and os.path.realpath(p) in real_files)]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    order = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    return sorted(found, key=order), sorted(hidden, key=order)
 
 
 def result_name(path: str | Path, root: str | Path) -> str:
@@ -217,7 +243,9 @@ def result_name(path: str | Path, root: str | Path) -> str:
     """
     rel = Path(path).relative_to(root).as_posix()
     parts = rel.split("/")
-    name = "__".join(re.sub(r"[^A-Za-z0-9._\-]", "_", part) for part in parts)
+    # every character outside A-Za-z0-9._- becomes '_', and so does a leading '.': a result name is plain
+    # ASCII and never hidden (readers skip hidden files), whatever the checkpoint is called
+    name = "__".join(re.sub(r"^\.", "_", re.sub(r"[^A-Za-z0-9._\-]", "_", part)) for part in parts)
     if all(_SAFE_COMPONENT.match(part) for part in parts) and len(name) <= _MAX_NAME:
         return name
     digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:10]
@@ -350,24 +378,75 @@ def sidecar_hash(checkpoint: str | Path) -> str | None:
                                     "init_checkpoint": init, "hyperparameters": side.hyperparameters}))
 
 
+class FileHashes:
+    """SHA-256 of files, each file read once per batch run (keyed by real path, size and mtime)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple, str | None] = {}
+
+    def __call__(self, path: str | Path) -> str | None:
+        """The file's SHA-256, or None when it cannot be read (missing, a folder, no permission)."""
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        key = (real, st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in self._known:
+            self._known[key] = _safe_sha(real) if os.path.isfile(real) else None
+        return self._known[key]
+
+
+def input_files(checkpoint: str | Path, options: EvalOptions) -> dict[str, list[str]]:
+    """The files besides the checkpoint that an evaluation reads, by role (absolute paths).
+
+    ``data``: the files of a file-based data spec (``npz:``, ``features:``, ``cifar10:``/``cifar100:``
+    batches); ``arch``: the Python file of a file architecture (or the module file of an import path
+    found in the sidecar's folder); ``init``: the initialization checkpoint. Values typed as options win
+    over the sidecar's, as in the evaluation. An unreadable sidecar gives what the options name.
+    """
+    from ncbounds.io.datasets import data_files
+    from ncbounds.models.spec import describe_spec
+
+    try:
+        side = read_sidecar(checkpoint)
+    except NCBoundsError:
+        side = None
+    base = side.base_dir if side else None
+    data = data_files(options.data, None) if options.data else data_files(side.data, base) if side and side.data else []
+    arch_spec, arch_base = (options.arch, None) if options.arch else ((side.arch, base) if side and side.arch else (None, None))
+    arch = list(describe_spec(arch_spec, arch_base).files) if arch_spec else []
+    init = options.init or (side.init_checkpoint if side else None)
+    return {"data": data, "arch": arch, "init": [os.path.abspath(init)] if init else []}
+
+
+def inputs_hash(checkpoint: str | Path, options: EvalOptions, hashes: FileHashes | None = None) -> str | None:
+    """SHA-256 of everything besides the checkpoint and the options that decides its numbers.
+
+    Covers the merged sidecar (:func:`sidecar_hash`) and the **contents** of :func:`input_files` — the
+    data files, a file architecture, the init checkpoint — so editing any of them makes a record stale
+    for ``--resume`` and gives it another identity for ``merge``. A missing file counts as ``null``.
+    None when the sidecar cannot be read (the evaluation then fails and says why).
+    """
+    side = sidecar_hash(checkpoint)
+    if side is None:
+        return None
+    hashes = hashes or FileHashes()
+    contents = {role: [hashes(p) for p in paths] for role, paths in input_files(checkpoint, options).items()}
+    return _sha256_text(_canonical({"sidecar": side, "files": contents}))
+
+
+def _no_input_files(checkpoint: str | Path, options: EvalOptions) -> bool:
+    return not any(input_files(checkpoint, options).values())
+
+
 # ---------------------------------------------------------------------------------------------
 # files
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: hidden temporary file in the same folder, fsync, os.replace."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` (plus a final newline) to ``path`` with :func:`ncbounds.io.output.write_atomic`."""
+    write_atomic(path, text if text.endswith("\n") else text + "\n", make_parents=False)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -384,13 +463,14 @@ def _remove(path: Path) -> None:
 
 
 def _temporary_owner(tmp_name: str) -> str | None:
-    """The result name a temporary file ``.NAME.json.PID.HEX.tmp`` (or ``.NAME.error.json...``) belongs to."""
-    if not (tmp_name.startswith(".") and tmp_name.endswith(_TMP_SUFFIX)):
+    """The result name a temporary record file belongs to, or None for any other file.
+
+    Temporary files are ``.NAME.json.PID.HEX.ncbounds-tmp`` (or ``.NAME.error.json…``), written by
+    :func:`ncbounds.io.output.write_atomic`; ``….tmp`` is the form older versions wrote.
+    """
+    target = temporary_target(tmp_name)
+    if target is None:
         return None
-    parts = tmp_name[1: -len(_TMP_SUFFIX)].rsplit(".", 2)
-    if len(parts) != 3:
-        return None
-    target = parts[0]
     for suffix in (ERROR_SUFFIX, ".json"):
         if target.endswith(suffix):
             return target[: -len(suffix)]
@@ -398,12 +478,13 @@ def _temporary_owner(tmp_name: str) -> str | None:
 
 
 def _clean_temporaries(out: Path, names: set[str] | None = None) -> int:
-    """Remove leftover temporary files in ``out`` (only those of result ``names`` when given)."""
+    """Remove leftover temporary record files in ``out`` (only those of result ``names`` when given)."""
     n = 0
-    for tmp in out.glob(f".*{_TMP_SUFFIX}"):
-        if names is not None and _temporary_owner(tmp.name) not in names:
-            continue  # another shard's file, possibly being written right now
-        if tmp.is_file():
+    for tmp in out.glob(".*"):
+        owner = _temporary_owner(tmp.name)
+        if owner is None or (names is not None and owner not in names):
+            continue  # not ours, or another shard's file, possibly being written right now
+        if tmp.is_file() and not tmp.is_symlink():
             _remove(tmp)
             n += 1
     return n
@@ -443,18 +524,17 @@ def read_results(out_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(records, failures) found in a batch results folder, each sorted by result name.
 
     A record and a failure file of the same name (a later attempt failed while an earlier, still
-    valid record exists) count as the record. Files that are not valid JSON objects are ignored.
+    valid record exists) count as the record. Files that are not records are ignored (see
+    :func:`ncbounds.report.results.scan_results`, the one reader of the folder layout).
     """
-    out = Path(out_dir)
+    from ncbounds.report.results import scan_results
+
     records, failures = {}, {}
-    for path in sorted(out.glob("*.json")):
-        data = _read_json(path)
-        if data is None:
-            continue
-        if path.name.endswith(ERROR_SUFFIX):
-            failures[path.name[: -len(ERROR_SUFFIX)]] = data
-        else:
-            records[path.name[: -len(".json")]] = data
+    for entry in scan_results(out_dir, recursive=False):
+        if entry.kind == "record":
+            records[entry.name] = entry.data
+        elif entry.kind == "error":
+            failures[entry.name] = entry.data
     return [records[k] for k in sorted(records)], [failures[k] for k in sorted(failures) if k not in records]
 
 
@@ -472,6 +552,8 @@ class _Task:
     options: EvalOptions
     options_hash: str
     sidecar_hash: str | None
+    inputs_hash: str | None = None
+    files_free: bool = True  # reads no file besides the checkpoint (records without inputs_hash can be current)
 
 
 def _now() -> str:
@@ -491,9 +573,13 @@ def _record_is_current(record: dict | None, task: _Task, sha: str | None) -> boo
         return False
     batch = record.get("batch") or {}
     ckpt = record.get("checkpoint") or {}
+    if "inputs_hash" in batch:
+        same_inputs = batch["inputs_hash"] == task.inputs_hash
+    else:  # a record of an earlier version: current only if no input file could have changed
+        same_inputs = task.files_free and batch.get("sidecar_hash") == task.sidecar_hash
     return (
         batch.get("options_hash") == task.options_hash
-        and batch.get("sidecar_hash") == task.sidecar_hash
+        and same_inputs
         and ckpt.get("sha256") is not None
         and ckpt.get("sha256") == (sha if sha is not None else _safe_sha(task.path))
     )
@@ -508,7 +594,8 @@ def _safe_sha(path: str) -> str | None:
 
 def _batch_info(task: _Task, sha: str | None) -> dict:
     return {"root": task.root, "relative_path": task.relative_path, "checkpoint_sha256": sha,
-            "options_hash": task.options_hash, "sidecar_hash": task.sidecar_hash, "created": _now()}
+            "options_hash": task.options_hash, "sidecar_hash": task.sidecar_hash, "inputs_hash": task.inputs_hash,
+            "created": _now()}
 
 
 def _evaluate_task(task: _Task) -> dict:
@@ -749,6 +836,8 @@ def run_batch(
     if not root_path.is_dir():
         raise UsageError(f"{root} is not a folder; pass the folder that holds the checkpoints.")
     out = Path(out_dir) if out_dir is not None else root_path / RESULTS_DIRNAME
+    if not options.trust_code:  # before anything is written: a refused folder leaves no results folder behind
+        _check_trust(select_shard(find_checkpoints(root_path, glob, exclude=[out]), root_path, shard), options)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -760,21 +849,28 @@ def run_batch(
         task_options = dataclasses.replace(options, device="cuda" if gpus > 0 else "cpu")
     with _locked(out, shard):
         exclude = [out] + ([options.init] if options.init else [])
-        checkpoints = find_checkpoints(root_path, glob, exclude=exclude)  # --init is not a trained model either
+        checkpoints, hidden = _discover(root_path, glob, exclude)  # --init is not a trained model either
+        if hidden and log is not None:
+            shown = ", ".join(p.relative_to(root_path).as_posix() for p in hidden[:3]) + (", …" if len(hidden) > 3 else "")
+            log(f"note: {len(hidden)} checkpoint file(s) in hidden folders or with hidden names were not evaluated ({shown}); "
+                f"name the hidden part in --glob (e.g. --glob '.hidden/**/*') to include them")
         if not checkpoints:
             raise UsageError(
                 f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}) under {root} match {glob!r}; check the folder or --glob."
             )
         summary.found = len(checkpoints)
         checkpoints = select_shard(checkpoints, root_path, shard)
+        _check_trust(checkpoints, options)
         names = {result_name(path, root_path) for path in checkpoints}
         _clean_temporaries(out, names if shard else None)
         summary.total = len(checkpoints)
         tasks: list[_Task] = []
+        hashes = FileHashes()
         for path in checkpoints:
             task = _Task(path=str(path.resolve()), relative_path=path.relative_to(root_path).as_posix(),
                          name=result_name(path, root_path), root=summary.root, out_dir=str(out), options=task_options,
-                         options_hash=ohash, sidecar_hash=sidecar_hash(path))
+                         options_hash=ohash, sidecar_hash=sidecar_hash(path), inputs_hash=inputs_hash(path, options, hashes),
+                         files_free=_no_input_files(path, options))
             if resume and _record_is_current(_read_json(out / f"{task.name}.json"), task, None):
                 summary.skipped += 1
                 _remove(out / f"{task.name}{ERROR_SUFFIX}")  # left by a run killed between the two writes
@@ -814,6 +910,32 @@ def run_batch(
     summary.failures.sort(key=lambda f: f.relative_path)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _check_trust(checkpoints: list[Path], options: EvalOptions) -> None:
+    """Refuse the whole batch (one usage error) when sidecars would run code or read outside their folder.
+
+    The same rule as one evaluation (:mod:`ncbounds.trust`), checked for every checkpoint before any work,
+    so a downloaded folder never gets as far as importing anything. Unreadable sidecars are left to the
+    evaluation of their checkpoint (an error record).
+    """
+    if options.trust_code:
+        return
+    from ncbounds.trust import untrusted_uses
+
+    uses, folders = [], set()
+    for path in checkpoints:
+        try:
+            side = read_sidecar(path)
+        except NCBoundsError:
+            continue
+        found = untrusted_uses(side, arch=not options.arch, data=not options.data, init=not options.init)
+        if found:
+            uses.append(found[0])
+            folders.add(str(path.parent))
+    if uses:
+        more = f" ({len(uses)} checkpoints in {len(folders)} folder(s) are affected)" if len(uses) > 1 else ""
+        raise UsageError(f"{uses[0].sentence()}{more}.")
 
 
 def _run_parallel(tasks: list[_Task], jobs: int, collect: Callable[[dict], None]) -> None:
@@ -881,15 +1003,23 @@ NUMBER_KEYS = ("layers", "errors", "bounds", "layerwise")
 class _Candidate:
     path: Path
     source: int  # position of its folder: 0 = OUT itself, then RESULTS in the order given
-    name: str
+    name: str  # the file's result name (may carry a disambiguating suffix from an earlier merge)
     is_error: bool
     data: dict
 
     @property
     def identity(self) -> tuple:
+        """Checkpoint SHA-256, options hash and inputs hash (the sidecar hash for records of earlier versions)."""
         batch = self.data.get("batch") or {}
         sha = batch.get("checkpoint_sha256") or (self.data.get("checkpoint") or {}).get("sha256")
-        return sha, batch.get("options_hash"), batch.get("sidecar_hash")
+        inputs = batch.get("inputs_hash") or ("sidecar", batch.get("sidecar_hash"))
+        return sha, batch.get("options_hash"), inputs
+
+    @property
+    def base_name(self) -> str:
+        """The result name of the checkpoint's relative path (what a batch would call it)."""
+        rel = (self.data.get("batch") or {}).get("relative_path")
+        return result_name(Path("/r") / rel, "/r") if isinstance(rel, str) and rel else self.name
 
     @property
     def created(self) -> str:
@@ -923,24 +1053,25 @@ class MergeSummary:
         n = len(self.sources)
         return (f"merge: {n} folder{'s' if n != 1 else ''} into {self.out_dir}: {self.records} records, {self.errors} error records "
                 f"({self.copied} copied, {self.unchanged} already there, {self.removed} removed); {self.duplicates} identical "
-                f"duplicates kept once, {self.conflicts} conflicts, {self.clashes} name clashes, {self.superseded} error records "
-                f"superseded by a success, {self.ignored} files ignored in {self.seconds:.1f}s")
+                f"duplicates kept once, {self.conflicts} conflicts, {self.clashes} name clashes (both kept, renamed), "
+                f"{self.superseded} error records superseded by a success, {self.ignored} files ignored in {self.seconds:.1f}s")
 
 
 def _candidates(folder: Path, source: int, summary: MergeSummary, log) -> list[_Candidate]:
+    from ncbounds.report.results import scan_results
+
     found = []
-    for path in sorted(folder.glob("*.json")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        data = _read_json(path)
-        if data is None or not isinstance(data.get("batch"), dict) or not data["batch"].get("options_hash"):
+    for entry in scan_results(folder, recursive=False):
+        data = entry.data if isinstance(entry.data, dict) else None
+        complete = entry.kind in ("record", "error") and data and isinstance(data.get("batch"), dict) and data["batch"].get("options_hash")
+        if not complete:
+            if entry.kind == "skipped" and entry.reason in ("temporary", "not a JSON file"):
+                continue  # a writer's temporary file, a CSV, a log: not a candidate, not worth a line
             summary.ignored += 1  # not a batch record (a CSV export's JSON, a hand-written report, a broken file)
             if log is not None:
-                log(f"ignored: {path}: not a complete `ncbounds batch` record")
+                log(f"ignored: {entry.path}: not a complete `ncbounds batch` record")
             continue
-        is_error = path.name.endswith(ERROR_SUFFIX)
-        name = path.name[: -len(ERROR_SUFFIX)] if is_error else path.name[: -len(".json")]
-        found.append(_Candidate(path, source, name, is_error, data))
+        found.append(_Candidate(entry.path, source, entry.name, entry.kind == "error", data))
     return found
 
 
@@ -949,30 +1080,37 @@ def _newest(candidates: list[_Candidate]) -> _Candidate:
     return max(candidates, key=lambda c: (c.created, -c.source, str(c.path)))
 
 
+def _identity_tag(identity: tuple) -> str:
+    return hashlib.sha256(_canonical(list(identity)).encode("utf-8")).hexdigest()[:8]
+
+
 def merge_results(
     out_dir: str | Path, sources: Iterable[str | Path], log: Callable[[str], None] | None = None
 ) -> MergeSummary:
     """Combine the record folders ``sources`` (and what ``out_dir`` already holds) into ``out_dir``.
 
-    Files are grouped by result name (the checkpoint's relative path) and, within a name, by
-    identity: checkpoint SHA-256 (``batch.checkpoint_sha256``), ``options_hash`` and ``sidecar_hash``.
-    The name is part of the key because one batch keeps two byte-identical checkpoints at two
-    paths as two records, and a merge of shard folders must equal that batch's folder.
+    A record is matched by its **identity** — checkpoint SHA-256 (``batch.checkpoint_sha256``),
+    ``options_hash`` and ``inputs_hash`` (sidecar, data and architecture file contents; the
+    ``sidecar_hash`` for records of earlier versions) — together with the result name of its
+    ``batch.relative_path``; a file name alone never makes two records the same. (One batch keeps two
+    byte-identical checkpoints at two paths as two records, and a merge of shard folders must equal
+    that batch's folder, so the relative path stays part of the key.)
 
-    * Same name, same identity, same numbers (``layers``, ``errors``, ``bounds``, ``layerwise``):
-      an **identical duplicate**, kept once (a copy already in ``out_dir`` stays untouched).
-    * Same name and identity, different numbers: a **conflict**; the newest record
-      (``batch.created``) is kept and the conflict reported.
-    * An error record whose identity also has a success record is **superseded** and dropped; a
-      name with only error records keeps the newest one.
-    * Same name, different identities (retrained weights, other options or sidecar): a **name
-      clash**; the identity with a success record and then the newest one wins (a results folder
-      holds one result per name, as ``--resume`` expects) and the others are reported.
+    * Same key, same numbers (``layers``, ``errors``, ``bounds``, ``layerwise``): an **identical
+      duplicate**, kept once (a copy already in ``out_dir`` stays untouched, else the first folder's).
+    * Same key, different numbers: a **conflict**; the copy in ``out_dir`` is kept if there is one (a
+      record of ``out_dir`` is never rewritten), else the newest (``batch.created``); the line names
+      every source.
+    * An error record whose key also has a success record is **superseded** and dropped; a key with
+      only error records keeps the newest one.
+    * Different identities under the same name (two runs that each hold ``final.pt``, retrained
+      weights, other options or data): a **name clash**; every record is kept — the one already in
+      ``out_dir`` (else the first) under the plain name, the others as ``NAME~<8 hex of the identity>``.
 
-    Files that are not batch records are ignored (counted). Every file is written atomically
-    (temporary file, then ``os.replace``) and ``out_dir`` is locked like a batch's; the sources are
-    only read. A file of ``out_dir`` that lost is replaced or removed. Returns a
-    :class:`MergeSummary`; ``log`` receives one line per conflict, clash or ignored file.
+    Files that are not batch records are ignored (counted). Every file is written atomically and
+    ``out_dir`` is locked like a batch's; the sources are only read. Returns a :class:`MergeSummary`;
+    ``log`` receives one line per conflict, clash or ignored file. Merging again with the same
+    folders changes nothing.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -982,6 +1120,8 @@ def merge_results(
     for folder in folders:
         if not folder.is_dir():
             raise UsageError(f"{folder} is not a folder; pass results folders written by `ncbounds batch`.")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder; OUT must be a results folder (new or existing).")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -996,60 +1136,71 @@ def merge_results(
     with _locked(out, None, "`ncbounds batch` or `ncbounds merge`"):
         _clean_temporaries(out)
         seen = {os.path.realpath(out)}
-        by_name: dict[str, list[_Candidate]] = {}
+        groups: dict[tuple, list[_Candidate]] = {}
         for index, folder in enumerate([out, *folders]):
             if index and os.path.realpath(folder) in seen:
                 continue  # OUT named among the sources, or a folder named twice
             seen.add(os.path.realpath(folder))
             for cand in _candidates(folder, index, summary, log):
-                by_name.setdefault(cand.name, []).append(cand)
+                groups.setdefault((cand.base_name, cand.identity), []).append(cand)
 
-        for name in sorted(by_name):
-            cands = by_name[name]
-            groups: dict[tuple, list[_Candidate]] = {}
-            for cand in cands:
-                groups.setdefault(cand.identity, []).append(cand)
-            winner_id = max(groups, key=lambda i: (any(not c.is_error for c in groups[i]), _newest(groups[i]).created,
-                                                   -min(c.source for c in groups[i])))
-            if len(groups) > 1:
-                summary.clashes += 1
-                lost = sum(len(v) for k, v in groups.items() if k != winner_id)
-                report(f"clash: {name}: {lost} result(s) for other checkpoint contents, options or sidecars dropped; "
-                       f"kept {_newest(groups[winner_id]).path}")
-            group = groups[winner_id]
+        kept: list[tuple[str, tuple, _Candidate]] = []
+        for (base, identity), group in groups.items():
             successes = [c for c in group if not c.is_error]
             errors = [c for c in group if c.is_error]
-            keep: _Candidate
             if successes:
                 summary.superseded += len(errors)
+                in_out = [c for c in successes if c.source == 0]
                 distinct = {c.numbers() for c in successes}
                 if len(distinct) > 1:
-                    keep = _newest(successes)
+                    keep = in_out[0] if in_out else _newest(successes)
                     summary.conflicts += 1
                     summary.duplicates += len(successes) - len(distinct)
-                    report(f"conflict: {name}: {len(distinct)} different results for the same checkpoint, options and sidecar "
-                           f"({', '.join(str(c.path) for c in successes)}); kept the newest, {keep.path}")
+                    which = "the one already in OUT" if in_out else "the newest"
+                    report(f"conflict: {base}: {len(distinct)} different results for the same checkpoint, options and inputs "
+                           f"({', '.join(str(c.path) for c in successes)}); kept {which}, {keep.path}")
                 else:
-                    in_out = [c for c in successes if c.source == 0]
                     keep = in_out[0] if in_out else min(successes, key=lambda c: (c.source, str(c.path)))
                     summary.duplicates += len(successes) - 1
             else:
                 keep = _newest(errors)
                 summary.duplicates += len(errors) - 1
-            target = out / (f"{name}{ERROR_SUFFIX}" if keep.is_error else f"{name}.json")
-            other = out / (f"{name}.json" if keep.is_error else f"{name}{ERROR_SUFFIX}")
-            if keep.source == 0 and keep.path == target:
-                summary.unchanged += 1
-            else:
-                _atomic_write(target, keep.path.read_text(encoding="utf-8"))
-                summary.copied += 1
-            if other.exists():
-                _remove(other)
+            kept.append((base, identity, keep))
+
+        by_base: dict[str, list[tuple[tuple, _Candidate]]] = {}
+        for base, identity, keep in kept:
+            by_base.setdefault(base, []).append((identity, keep))
+        written: set[Path] = set()
+        for base in sorted(by_base):
+            entries = sorted(by_base[base], key=lambda e: (e[1].source != 0 or e[1].name != base, e[1].source, str(e[1].path)))
+            if len(entries) > 1:
+                summary.clashes += 1
+                report(f"clash: {base}: {len(entries)} results for different checkpoint contents, options or inputs "
+                       f"({', '.join(str(e[1].path) for e in entries)}); all kept, the later ones as {base}~<identity>")
+            for position, (identity, keep) in enumerate(entries):
+                if keep.source == 0:
+                    name = keep.name  # a file of OUT keeps its name (plain-named ones sort first)
+                else:
+                    name = base if position == 0 else f"{base}~{_identity_tag(identity)}"
+                target = out / (f"{name}{ERROR_SUFFIX}" if keep.is_error else f"{name}.json")
+                other = out / (f"{name}.json" if keep.is_error else f"{name}{ERROR_SUFFIX}")
+                if keep.source == 0 and keep.path == target:
+                    summary.unchanged += 1
+                else:
+                    _atomic_write(target, keep.path.read_text(encoding="utf-8"))
+                    summary.copied += 1
+                written.add(target)
+                if other.exists() and other not in written:
+                    _remove(other)
+                    summary.removed += 1
+                if keep.is_error:
+                    summary.errors += 1
+                else:
+                    summary.records += 1
+        for cand in (c for group in groups.values() for c in group if c.source == 0):
+            if cand.path not in written and cand.path.exists():  # an error record of OUT superseded or replaced
+                _remove(cand.path)
                 summary.removed += 1
-            if keep.is_error:
-                summary.errors += 1
-            else:
-                summary.records += 1
         _clean_temporaries(out)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -29,7 +29,7 @@ from ncbounds.bounds.base import replay_requests
 from ncbounds.bounds.binomial import clopper_pearson
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
 from ncbounds.bounds.runner import run_bounds, select_bounds
-from ncbounds.errors import DataError, NCBoundsError, UsageError
+from ncbounds.errors import CheckpointError, DataError, NCBoundsError, UsageError
 from ncbounds.features import PENULTIMATE, FeatureExtractor, find_head, resolve_layers
 from ncbounds.io.checkpoints import load_checkpoint, load_into_model
 from ncbounds.io.datasets import DataSource, iterate_batches, load_data
@@ -38,10 +38,11 @@ from ncbounds.metrics.collapse import collapse_notes
 from ncbounds.metrics.conventions import get_convention
 from ncbounds.metrics.functional import split_metrics
 from ncbounds.metrics.layerwise import effective_depth, he_su_fit
-from ncbounds.models import build_model
+from ncbounds.models import BUILTIN_ARCHITECTURES, build_model, describe_spec
 from ncbounds.progress import Progress
 from ncbounds.report.record import EvalRecord
 from ncbounds.stats.split import SplitStatistics
+from ncbounds.trust import check_sidecar_trust
 
 SPLITS = ("train", "test")
 
@@ -59,6 +60,7 @@ class EvalOptions:
     conv_reduce: str = "avg"
     convention: str = "canonical"
     trust_checkpoint: bool = False
+    trust_code: bool = False
     effective_depth_epsilon: float = 0.01
     seed: int = 0
     bounds: str = "default"
@@ -112,7 +114,10 @@ class _Prepared:
 
 def _prepare(checkpoint: str | None, opts: EvalOptions) -> _Prepared:
     notes: list[str] = []
+    if checkpoint and not Path(checkpoint).exists():
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist; check the path.")
     side = read_sidecar(checkpoint) if checkpoint else None
+    check_sidecar_trust(side, opts.trust_code, arch=not opts.arch, data=not opts.data, init=not opts.init)
     data_spec = opts.data or (side.data if side else None)
     if not data_spec:
         raise UsageError("no data given: pass --data SPEC (e.g. digits, mnist1d, npz:FILE) or add 'data' to the sidecar.")
@@ -141,7 +146,9 @@ def _prepare(checkpoint: str | None, opts: EvalOptions) -> _Prepared:
     else:
         if not arch:
             raise UsageError(f"no architecture for {checkpoint}: pass --arch (e.g. mlp:width=128) or add 'arch' to {Path(checkpoint).with_suffix('.json').name}.")
-        model = build_model(arch, kwargs, base_dir=side.base_dir if (side and not opts.arch) else None)
+        from_sidecar = bool(side and not opts.arch)
+        model = build_model(arch, kwargs, base_dir=side.base_dir if from_sidecar else None, strict_factory=from_sidecar)
+        notes += _builtin_name_note(arch, side.source_of("arch") if from_sidecar else None)
         prefixes = load_into_model(model, ckpt)
     checkpoint_info = {
         "path": str(Path(checkpoint).resolve()),
@@ -155,6 +162,17 @@ def _prepare(checkpoint: str | None, opts: EvalOptions) -> _Prepared:
     model_info = {"arch": arch, "arch_kwargs": kwargs, "num_params": int(sum(p.numel() for p in model.parameters()))}
     init = side.init_checkpoint if side else None
     return _Prepared(model, data, checkpoint_info, model_info, dict(side.hyperparameters if side else {}), notes, init)
+
+
+def _builtin_name_note(arch: str, sidecar: str | None) -> list[str]:
+    """A note when a built-in architecture was matched only case-insensitively (``MLP`` → ``mlp``)."""
+    info = describe_spec(arch)
+    written = arch.strip().partition(":")[0].strip()
+    if info.kind != "builtin" or written == info.name:
+        return []
+    where = f" in {sidecar}" if sidecar else ""
+    return [f"the architecture name {written!r}{where} was read as the built-in {info.name!r} ({BUILTIN_ARCHITECTURES[info.name].__name__}); "
+            f"built-in names are case-insensitive and '_' equals '-'."]
 
 
 def _check_labels(data: DataSource, num_classes: int) -> None:

@@ -220,7 +220,7 @@ def test_merge_duplicates_conflicts_clashes_and_superseded_errors(reference, tmp
         data["batch"]["created"] = later
 
     shutil.copy(a / "run_a__epoch_01.pt.json", c / "run_a__epoch_01.pt.json")
-    _edit(c / "run_a__epoch_01.pt.json", other_weights)  # same name, other checkpoint contents: a clash
+    _edit(c / "run_a__epoch_01.pt.json", other_weights)  # same name, other checkpoint contents: a clash, both kept
     (c / "notes.json").write_text(json.dumps({"not": "a record"}))  # ignored
     (c / "broken.json").write_text("{")  # ignored
 
@@ -229,25 +229,29 @@ def test_merge_duplicates_conflicts_clashes_and_superseded_errors(reference, tmp
     assert code == 0, stderr
     lines = stderr.strip().splitlines()
     assert any(line.startswith("conflict: top_a.pt: 2 different results") for line in lines), stderr
-    assert any(line.startswith("clash: run_a__epoch_01.pt: 2 result(s)") for line in lines), stderr
+    clash = [line for line in lines if line.startswith("clash: run_a__epoch_01.pt: 2 results")]
+    assert len(clash) == 1 and str(a / "run_a__epoch_01.pt.json") in clash[0] and str(c / "run_a__epoch_01.pt.json") in clash[0], stderr
     assert sum(line.startswith("ignored: ") for line in lines) == 2
     summary = lines[-1]
-    assert "12 records, 1 error records" in summary and "1 conflicts" in summary and "1 name clashes" in summary, summary
+    assert "13 records, 1 error records" in summary and "1 conflicts" in summary and "1 name clashes" in summary, summary
     assert "1 error records superseded by a success" in summary and "2 files ignored" in summary, summary
-    # 13 names in a and b: top_a conflicts, run_a__epoch_01 lost its clash, the other 11 are identical pairs
-    assert "11 identical duplicates" in summary, summary
+    # 13 names in a and b: top_a conflicts, the other 12 are identical pairs
+    assert "12 identical duplicates" in summary, summary
 
-    assert _files(out) == _files(ref_out)  # one file per checkpoint, the error record of top_c dropped
+    renamed = [p.name for p in out.glob("run_a__epoch_01.pt~*.json")]
+    assert len(renamed) == 1  # the clash keeps both records, the second under a disambiguated name
+    assert _files(out) == sorted([*_files(ref_out), renamed[0]])  # the error record of top_c dropped
     merged = _records(out)
     assert merged["top_a.pt"]["batch"]["created"] == later  # the newest of the conflicting pair
-    assert merged["run_a__epoch_01.pt"]["checkpoint"]["sha256"] == "0" * 64  # the newest identity of the clash
+    assert merged["run_a__epoch_01.pt"]["checkpoint"]["sha256"] != "0" * 64  # the first folder's keeps the plain name
+    assert merged[renamed[0][: -len(".json")]]["checkpoint"]["sha256"] == "0" * 64  # the other checkpoint, kept too
     assert merged["top_b.pth"]["batch"]["created"] != later  # identical duplicate: the first folder's copy
     assert (out / f"{CORRUPT}{ERROR_SUFFIX}").is_file()
 
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     code, stderr = _invoke("merge", out, a, b, c, out)  # again, OUT among the sources: nothing changes
     assert code == 0, stderr
-    assert "(0 copied, 13 already there, 0 removed)" in stderr.strip().splitlines()[-1], stderr
+    assert "(0 copied, 14 already there, 0 removed)" in stderr.strip().splitlines()[-1], stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 

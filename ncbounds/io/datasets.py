@@ -641,10 +641,8 @@ def _to_images(data: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None
 
 def _load_cifar(spec: str, rest: str, base_dir: str | None, name: str) -> DataSource:
     # trailing `,normalize=...` options; everything before is the folder (it may contain commas)
-    root, opts = rest, ""
-    head, sep, tail = rest.rpartition(",")
-    if sep and tail.strip().split("=")[0].strip() == "normalize":
-        root, opts = head, tail
+    root = _cifar_root(rest)
+    opts = rest[len(root) + 1:] if len(root) < len(rest) else ""
     _require(bool(root.strip()), spec, f"name the folder: `{name}:path/to/{name}`")
     opt = _options(spec, opts, {"normalize": (bool, True)})
     folder = _cifar_folder(_resolve(root, base_dir), name, spec)
@@ -705,6 +703,40 @@ _LOADERS: dict[str, Callable[[str, str, str | None], DataSource]] = {
 
 #: The recognised data-spec kinds (the part before the first colon).
 DATA_KINDS: tuple[str, ...] = tuple(_LOADERS)
+
+
+def _cifar_root(rest: str) -> str:
+    """The folder part of a ``cifar10:``/``cifar100:`` spec's rest (trailing ``,normalize=…`` removed)."""
+    head, sep, tail = rest.rpartition(",")
+    if sep and tail.strip().split("=")[0].strip() == "normalize":
+        return head
+    return rest
+
+
+def data_files(spec: str, base_dir: str | None = None) -> list[str]:
+    """The files a data spec reads, as absolute paths (relative ones resolved against ``base_dir``).
+
+    ``npz:FILE`` and ``features:FILE`` → that file; ``cifar10:ROOT`` / ``cifar100:ROOT`` → the batch
+    files under the folder that the loader reads (or the folder itself when it holds none, so a
+    missing folder is still named); built-in generators (``digits``, ``mnist1d``, ``gaussian-etf``)
+    read no file → ``[]``. Nothing is opened: this is for trust checks and content hashes.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        return []
+    head, _, rest = spec.strip().partition(":")
+    kind = head.strip().lower().replace("_", "-")
+    if kind in ("npz", "features"):
+        return [os.path.abspath(_resolve(rest, base_dir))] if rest.strip() else []
+    if kind in ("cifar10", "cifar100"):
+        root = os.path.abspath(_resolve(_cifar_root(rest), base_dir))
+        sub = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if kind == "cifar10" else ["train", "test"]
+        for folder in (root, os.path.join(root, sub)):
+            found = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+            if found:
+                return found
+        return [root]
+    return []
 
 
 def load_data(spec: str, base_dir: str | None = None) -> DataSource:

@@ -30,6 +30,11 @@ class Sidecar:
     hyperparameters: dict = field(default_factory=dict)
     base_dir: str | None = None
     sources: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)  # key → the sidecar file that set it
+
+    def source_of(self, key: str) -> str:
+        """The sidecar file that provided ``key`` (the per-file sidecar wins over the folder's)."""
+        return self.origin.get(key) or (self.sources[-1] if self.sources else "the sidecar")
 
 
 def _read(path: Path) -> dict:
@@ -47,11 +52,14 @@ def read_sidecar(checkpoint: str | Path) -> Sidecar:
     ckpt = Path(checkpoint)
     merged: dict = {}
     sources = []
+    origin: dict[str, str] = {}
     for candidate in (ckpt.parent / FOLDER_SIDECAR, ckpt.with_suffix(".json")):
         if candidate.is_file() and candidate != ckpt:
-            merged.update(_read(candidate))
+            values = _read(candidate)
+            merged.update(values)
+            origin.update({key: str(candidate) for key in values})
             sources.append(str(candidate))
-    side = Sidecar(base_dir=str(ckpt.parent), sources=sources)
+    side = Sidecar(base_dir=str(ckpt.parent), sources=sources, origin=origin)
     side.arch = merged.get("arch")
     side.arch_kwargs = dict(merged.get("arch_kwargs") or {})
     side.data = merged.get("data")

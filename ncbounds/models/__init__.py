@@ -7,7 +7,9 @@ every built-in ends with an ``nn.Linear`` named ``fc`` whose input is the penult
 from ncbounds.models.builtin import CNN1D, MLP, BasicBlock, LeNet5, ResNet18CIFAR
 from ncbounds.models.spec import (
     BUILTIN_ARCHITECTURES,
+    ArchSpec,
     build_model,
+    describe_spec,
     list_architectures,
     parse_kv,
     parse_value,
@@ -15,12 +17,14 @@ from ncbounds.models.spec import (
 
 __all__ = [
     "BUILTIN_ARCHITECTURES",
+    "ArchSpec",
     "BasicBlock",
     "CNN1D",
     "LeNet5",
     "MLP",
     "ResNet18CIFAR",
     "build_model",
+    "describe_spec",
     "list_architectures",
     "parse_kv",
     "parse_value",

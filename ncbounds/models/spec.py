@@ -20,6 +20,13 @@ Every form accepts inline keyword arguments after one more colon (``file.py:Net:
 
 Every failure is a :class:`~ncbounds.errors.UsageError` whose message is one sentence naming the
 spec and the problem.
+
+**Code that comes from a folder.** File and import-path specs run code. :func:`describe_spec` tells,
+without running anything, which kind a spec is and which files it would execute; the pipeline refuses
+file and import-path specs that come from a sidecar unless the user passes ``--trust-code``. Even then
+(``strict_factory=True``), the spec must name a class derived from ``nn.Module`` or a function defined
+in the named file/module — for an import path, one whose return annotation is an ``nn.Module`` class —
+so a sidecar can never have an arbitrary callable (``subprocess:call``) called with its keyword arguments.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import inspect
 import os
 import re
 import sys
+import typing
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
@@ -38,7 +47,7 @@ from torch import nn
 from ncbounds.errors import UsageError
 from ncbounds.models.builtin import CNN1D, MLP, LeNet5, ResNet18CIFAR
 
-__all__ = ["BUILTIN_ARCHITECTURES", "build_model", "list_architectures", "parse_kv", "parse_value"]
+__all__ = ["BUILTIN_ARCHITECTURES", "ArchSpec", "build_model", "describe_spec", "list_architectures", "parse_kv", "parse_value"]
 
 #: Built-in architecture names and their classes.
 BUILTIN_ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -382,8 +391,91 @@ def _call(
     return model
 
 
+@dataclass(frozen=True)
+class ArchSpec:
+    """What an architecture spec names, found without running anything (:func:`describe_spec`).
+
+    ``kind``: ``"builtin"``, ``"external"`` (torchvision/timm), ``"file"`` (``path.py:Name``) or
+    ``"import"`` (``package.module:name``); ``runs_code``: True for file and import specs; ``name``: the
+    canonical built-in name (e.g. ``"mlp"`` for ``"MLP"``), the file path or the module; ``files``: the
+    Python files the spec would execute that can be found without importing (the file of a file spec;
+    for an import spec, a module file under ``base_dir`` if there is one); ``kwargs``: inline keyword
+    arguments (parsed, or ``{}`` when they do not parse).
+    """
+
+    spec: str
+    kind: str
+    name: str
+    runs_code: bool
+    files: tuple[str, ...] = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+def _safe_kv(text: str) -> dict[str, Any]:
+    try:
+        return parse_kv(text)
+    except UsageError:
+        return {}
+
+
+def describe_spec(spec: str, base_dir: str | None = None) -> ArchSpec:
+    """Classify an architecture spec (see :class:`ArchSpec`) without importing or executing anything."""
+    spec = (spec or "").strip()
+    head, _, rest = spec.partition(":")
+    name = _normalize_name(head)
+    if name in BUILTIN_ARCHITECTURES:
+        return ArchSpec(spec, "builtin", name, False, (), _safe_kv(rest))
+    if name in _EXTERNAL:
+        model, _, kw = rest.partition(":")
+        return ArchSpec(spec, "external", f"{name}:{model.strip()}", False, (), _safe_kv(kw))
+    m = _FACTORY.match(spec)
+    if m is None:
+        return ArchSpec(spec, "unknown", spec, False)
+    target, kw = m.group("target"), m.group("kw") or ""
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        path = os.path.expanduser(target)
+        if not os.path.isabs(path):
+            path = os.path.join(base_dir or os.getcwd(), path)
+        return ArchSpec(spec, "file", os.path.abspath(path), True, (os.path.abspath(path),), _safe_kv(kw))
+    files: tuple[str, ...] = ()
+    if base_dir and _DOTTED.match(target):
+        stem = os.path.join(base_dir, *target.split("."))
+        for cand in (stem + ".py", os.path.join(stem, "__init__.py")):
+            if os.path.isfile(cand):
+                files = (os.path.abspath(cand),)
+                break
+    return ArchSpec(spec, "import", target, True, files, _safe_kv(kw))
+
+
+def _returns_module(func: Callable[..., Any]) -> bool:
+    """True when ``func``'s return annotation resolves to ``nn.Module`` or a subclass."""
+    try:
+        hint = typing.get_type_hints(func).get("return")
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is no evidence
+        return False
+    return inspect.isclass(hint) and issubclass(hint, nn.Module)
+
+
+def _check_factory(factory: Any, module: Any, spec: str, is_file: bool) -> None:
+    """The ``strict_factory`` rule of the module docstring; a UsageError when ``factory`` breaks it."""
+    if inspect.isclass(factory):
+        if issubclass(factory, nn.Module):
+            return
+        raise UsageError(f"architecture `{spec}` names the class {factory.__name__}, which is not a torch.nn.Module; "
+                         "point the spec at a model class")
+    defined_here = inspect.isfunction(factory) and getattr(factory, "__module__", None) == module.__name__
+    if defined_here and (is_file or _returns_module(factory)):
+        return
+    if is_file:
+        raise UsageError(f"architecture `{spec}` does not name a model class or a function defined in that file; "
+                         "ncbounds only calls such factories for a spec from a sidecar")
+    raise UsageError(f"architecture `{spec}` is not an nn.Module class or a factory function of that module annotated to return "
+                     "an nn.Module; ncbounds does not call other callables for a spec from a sidecar (use the class, or "
+                     "annotate the factory `-> torch.nn.Module`)")
+
+
 def build_model(
-    spec: str, kwargs: dict[str, Any] | None = None, base_dir: str | None = None
+    spec: str, kwargs: dict[str, Any] | None = None, base_dir: str | None = None, *, strict_factory: bool = False
 ) -> nn.Module:
     """Build the model named by an architecture ``spec`` (forms in the module docstring).
 
@@ -391,7 +483,9 @@ def build_model(
     ``k=v`` arguments in the spec override them. ``base_dir`` resolves relative file paths (and is a
     fallback import root for ``package.module:name``). The model is returned as constructed (random
     initialization, train mode, on CPU); loading weights and calling ``eval()`` are the caller's
-    job. Every failure raises :class:`UsageError` with a one-sentence message.
+    job. ``strict_factory`` (used for specs from sidecars) checks before any call that a file or import
+    spec names an ``nn.Module`` class or a proper factory (module docstring). Every failure raises
+    :class:`UsageError` with a one-sentence message.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError("the architecture spec is empty; pass --arch, e.g. `mlp:width=512`")
@@ -426,4 +520,6 @@ def build_model(
         factory = _get_attr(module, attr, target, spec)
     else:
         raise _unknown_builtin(spec)
+    if strict_factory:
+        _check_factory(factory, module, spec, is_file)
     return _call(factory, merged, spec)

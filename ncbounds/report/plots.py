@@ -7,6 +7,7 @@ without it every function raises a one-line :class:`NCBoundsError` naming ``pip 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ncbounds.errors import DataError, NCBoundsError, UsageError
+from ncbounds.io.output import check_output_path, write_atomic
 from ncbounds.report.export import hint_command
 from ncbounds.report.results import checkpoint_label, sorted_records
 
@@ -43,18 +45,19 @@ def _figure(figsize):
 
 
 def check_path(path: str | os.PathLike) -> Path:
-    """``path`` as a Path if it ends in .png or .pdf (case-insensitive), else a UsageError."""
+    """``path`` as a Path if it ends in .png or .pdf (case-insensitive) and may be written
+    (:func:`ncbounds.io.output.check_output_path`), else a UsageError."""
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
         raise UsageError(f"plot file {p.name!r} must end in .png or .pdf (the suffix chooses the format).")
+    check_output_path(p)
     return p
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format=path.suffix.lower()[1:], dpi=150, bbox_inches="tight")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=150, bbox_inches="tight")
+    write_atomic(path, buffer.getvalue())
     return path
 
 

@@ -36,13 +36,16 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ncbounds.errors import DataError
+from ncbounds.io.output import is_temporary_name
 
 SPLITS = ("train", "test")
 PROVENANCE_COLUMNS = ("checkpoint", "relative_path", "sha256", "format", "arch", "data", "convention", "device", "created")
@@ -53,16 +56,93 @@ SIZE_COLUMNS = ("n_train", "n_test", "num_classes", "num_params")
 LAYERWISE_COLUMNS = (
     "train.layerwise_rho", "train.layerwise_r", "test.layerwise_rho", "test.layerwise_r", "effective_depth", "effective_depth_layer",
 )
-#: suffixes of temporary / partial files a writer may leave in a results folder
+#: suffixes of temporary / partial files other writers (editors, copy tools) leave behind
 _TEMP_MARKERS = (".tmp", ".part", ".partial", ".swp", "~")
+#: the lock files of ``ncbounds batch`` / ``merge``: part of a results folder, never reported
+_LOCK_NAME = re.compile(r"\.ncbounds-batch(?:\.shard-\d+-of-\d+)?\.lock\Z")
+ERROR_SUFFIX = ".error.json"
+#: at most this many skipped files are named one by one in :meth:`Records.skipped_lines`
+MAX_NAMED = 20
+
+
+@dataclass
+class ResultFile:
+    """One entry of a results folder as :func:`scan_results` classifies it.
+
+    ``kind``: ``"record"`` (an EvalRecord JSON), ``"error"`` (a ``NAME.error.json`` failure record) or
+    ``"skipped"`` with ``reason`` one of ``"temporary"`` (a writer's temporary or partial file, or a
+    hidden file — result records never start with a dot), ``"hidden folder"`` (a folder whose name
+    starts with a dot, e.g. ``.ipynb_checkpoints``; not searched), ``"not a JSON file"``, ``"unreadable"``
+    (invalid JSON) or ``"not a record"`` (JSON that is not an EvalRecord). ``name`` is the result name
+    (file name without ``.json`` / ``.error.json``); ``data`` the parsed JSON of records and error records.
+    """
+
+    path: Path
+    kind: str
+    name: str
+    reason: str | None = None
+    data: Any = None
+
+
+def _classify_name(name: str) -> str | None:
+    """The skip reason a file name alone gives, or None when the file must be read."""
+    if is_temporary_name(name) or name.startswith(".") or name.startswith("~") or name.endswith(_TEMP_MARKERS):
+        return "temporary"
+    if not name.endswith(".json"):
+        return "not a JSON file"
+    return None
+
+
+def scan_results(folder: str | Path, recursive: bool = True) -> list[ResultFile]:
+    """Every file of a results folder, classified (see :class:`ResultFile`), in sorted path order.
+
+    This is the one reader of the results-folder layout: ``load_records`` (export, correlate, plot),
+    ``batch --resume`` and ``merge`` all use it. ``recursive`` also searches sub-folders (except hidden
+    ones, which are reported once as ``"hidden folder"``). The batch lock files are left out.
+    """
+    root = Path(folder)
+    out: list[ResultFile] = []
+
+    def visit(current: Path) -> None:
+        for entry in sorted(current.iterdir(), key=lambda p: p.name):
+            if entry.is_dir():
+                if not recursive:
+                    continue
+                if entry.name.startswith("."):
+                    out.append(ResultFile(entry, "skipped", entry.name, "hidden folder"))
+                else:
+                    visit(entry)
+                continue
+            if not entry.is_file() or _LOCK_NAME.match(entry.name):
+                continue
+            reason = _classify_name(entry.name)
+            is_error = entry.name.endswith(ERROR_SUFFIX)
+            name = entry.name[: -len(ERROR_SUFFIX)] if is_error else entry.name[: -len(".json")] if entry.name.endswith(".json") else entry.name
+            if reason is not None:
+                out.append(ResultFile(entry, "skipped", name, reason))
+                continue
+            try:
+                data = _read_json(entry)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                out.append(ResultFile(entry, "skipped", name, "unreadable"))
+                continue
+            if is_error:
+                kind = "error" if isinstance(data, dict) else "skipped"
+                out.append(ResultFile(entry, kind, name, None if kind == "error" else "not a record", data))
+            elif is_record(data):
+                out.append(ResultFile(entry, "record", name, None, data))
+            else:
+                out.append(ResultFile(entry, "skipped", name, "not a record", data))
+
+    visit(root)
+    return out
 
 
 class Records(list):
     """A list of record dicts, with what was skipped while reading them.
 
     ``sources``: the file each record came from (same order); ``error_files``: the ``*.error.json``
-    files (failed checkpoints); ``skipped``: {reason: [paths]} for temporary files ("temporary"), JSON
-    that is not an EvalRecord ("not a record") and files that could not be parsed ("unreadable").
+    files (failed checkpoints); ``skipped``: {reason: [paths]} (reasons as in :class:`ResultFile`).
     """
 
     def __init__(self, items: Iterable[dict] = (), sources: Iterable[str | None] | None = None) -> None:
@@ -77,8 +157,17 @@ class Records(list):
         if self.error_files:
             parts.append(f"{len(self.error_files)} failed checkpoint(s) (*.error.json)")
         for reason, paths in self.skipped.items():
-            parts.append(f"{len(paths)} {reason} file(s)")
+            parts.append(f"{len(paths)} {reason} file(s)" if reason != "hidden folder" else f"{len(paths)} hidden folder(s)")
         return f"read {len(self)} record(s); skipped " + ", ".join(parts) if parts else ""
+
+    def skipped_lines(self, limit: int = MAX_NAMED) -> list[str]:
+        """One line per skipped file or folder, naming it and why (at most ``limit``, then a count)."""
+        items = [(path, "failed checkpoint, no results") for path in self.error_files]
+        items += [(path, reason) for reason, paths in self.skipped.items() for path in paths]
+        lines = [f"skipped {path}: {reason}" for path, reason in items[:limit]]
+        if len(items) > limit:
+            lines.append(f"… and {len(items) - limit} more skipped files")
+        return lines
 
     def counts(self) -> dict[str, int]:
         """{'records': n, 'error_records': n, <skip reason>: n} (JSON-friendly)."""
@@ -90,14 +179,6 @@ def is_record(obj: Any) -> bool:
     return isinstance(obj, dict) and "errors" in obj and "layers" in obj
 
 
-def _is_temporary(path: Path, root: Path) -> bool:
-    rel = path.relative_to(root).parts if path != root else (path.name,)
-    if any(part.startswith(".") for part in rel):
-        return True
-    name = path.name
-    return name.startswith("~") or any(marker in name for marker in _TEMP_MARKERS)
-
-
 def _read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
@@ -106,13 +187,12 @@ def _read_json(path: Path) -> Any:
 def load_records(path: str | Path | Iterable[dict]) -> Records:
     """Read evaluation records from a results folder or from one JSON file.
 
-    ``path``: a folder (searched recursively for ``*.json``), a JSON file holding one record or a list
-    of records (the ``json`` export), or an iterable of record dicts (returned as :class:`Records`).
-    Skipped, and counted on the returned :class:`Records`: ``*.error.json`` files (failed checkpoints),
-    temporary JSON files (hidden ones such as the batch writer's ``.NAME.json.PID.HEX.tmp``, ``*.tmp``,
-    ``*.part`` …), JSON files that are not EvalRecords and files that cannot be parsed. Files without
-    ``.json`` in their name (lock files, logs) are ignored. Records are returned in path order. Raises :class:`DataError` when the path
-    does not exist or holds no record.
+    ``path``: a folder (searched recursively with :func:`scan_results`), a JSON file holding one record or
+    a list of records (the ``json`` export), or an iterable of record dicts (returned as :class:`Records`).
+    Skipped, and named on the returned :class:`Records` with the reason: ``*.error.json`` files (failed
+    checkpoints), temporary and hidden files, hidden folders, files that are not JSON, JSON files that are
+    not EvalRecords and files that cannot be parsed. Records are returned in path order. Raises
+    :class:`DataError` when the path does not exist or holds no record.
     """
     if not isinstance(path, (str, Path)):
         items = list(path)
@@ -126,7 +206,7 @@ def load_records(path: str | Path | Iterable[dict]) -> Records:
         raise DataError(f"{p} does not exist; give a results folder written by `ncbounds batch` or a JSON record file.")
     out = Records()
     if p.is_file():
-        if p.name.endswith(".error.json"):
+        if p.name.endswith(ERROR_SUFFIX):
             raise DataError(f"{p} is the error record of a failed checkpoint and holds no results; "
                             "give a successful record or the results folder.")
         try:
@@ -144,29 +224,14 @@ def load_records(path: str | Path | Iterable[dict]) -> Records:
         if not out:
             raise DataError(f"{p} holds no evaluation record (a JSON object with 'errors' and 'layers').")
         return out
-    for file in sorted(f for f in p.rglob("*") if f.is_file()):
-        name = file.name
-        if ".json" not in name:
-            continue  # other files (lock files, logs, checkpoints) are not results
-        if _is_temporary(file, p):
-            out.skipped.setdefault("temporary", []).append(str(file))
-            continue
-        if not name.endswith(".json"):
-            out.skipped.setdefault("temporary", []).append(str(file))
-            continue
-        if name.endswith(".error.json"):
-            out.error_files.append(str(file))
-            continue
-        try:
-            data = _read_json(file)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            out.skipped.setdefault("unreadable", []).append(str(file))
-            continue
-        if is_record(data):
-            out.append(data)
-            out.sources.append(str(file))
+    for entry in scan_results(p, recursive=True):
+        if entry.kind == "record":
+            out.append(entry.data)
+            out.sources.append(str(entry.path))
+        elif entry.kind == "error":
+            out.error_files.append(str(entry.path))
         else:
-            out.skipped.setdefault("not a record", []).append(str(file))
+            out.skipped.setdefault(entry.reason, []).append(str(entry.path))
     if not out:
         extra = f" ({out.summary().split('; ', 1)[1]})" if out.summary() else ""
         raise DataError(f"no evaluation records found in {p}{extra}; run `ncbounds batch` into this folder first.")
@@ -340,6 +405,6 @@ def load_results(path: str | Path | Iterable[dict]) -> pd.DataFrame:
 
 
 __all__ = [
-    "Records", "is_record", "load_records", "load_results", "records_to_frame", "sorted_records", "bound_names",
+    "ERROR_SUFFIX", "Records", "ResultFile", "is_record", "scan_results", "load_records", "load_results", "records_to_frame", "sorted_records", "bound_names",
     "checkpoint_label", "csv_normalized",
 ]

@@ -18,6 +18,7 @@ independent of the number of samples: O(K·d) plus K·d², d² or nothing for th
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ncbounds.errors import DataError, StatisticsError
+from ncbounds.io.output import write_atomic
 
 SCATTER_MODES = ("per-class", "pooled", "none")
 
@@ -213,8 +215,9 @@ class ClassStats:
 
     def save(self, path: str | Path) -> None:
         """Write to an ``.npz`` file (exact float64 round trip)."""
-        with open(path, "wb") as fh:
-            np.savez(fh, **self.state())
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.state())
+        write_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> ClassStats:
