@@ -9,7 +9,12 @@ Conventions (stated in every report):
   flattened (``'flatten'``);
 - ``layers='all'`` selects the outputs of residual/"Block" modules and of activation modules that are
   not inside such a block, in forward order — one feature map per depth step. A module whose output
-  is the very tensor the head receives is reported once, as ``penultimate``.
+  is the very tensor the head receives is reported once, as ``penultimate``;
+- layers whose (reduced) features are the same numbers on every sample — e.g. the last conv block of a
+  CNN, whose global average is exactly what the network's own pooling hands the head — are one
+  representation: :class:`SameFeatures` finds them during the pass and the report keeps one name (the
+  penultimate layer if it is among them, else the first in forward order), listing the others as its
+  ``aliases``, so layerwise fits count each representation once.
 """
 
 from __future__ import annotations
@@ -89,6 +94,70 @@ def reduce_features(output: torch.Tensor, mode: str) -> torch.Tensor:
 def _layout(t: torch.Tensor) -> tuple:
     """Memory address and layout: equal for two views of the same data (detached aliases)."""
     return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+
+
+class SameFeatures:
+    """Tracks which hooked layers carry the same features on every batch (up to float32 rounding).
+
+    Two layers are *the same representation* when their reduced features have the same shape and agree
+    on every sample to ``|a − b| ≤ rtol·|b| + atol·max|b|`` (``rtol`` = 1e-5, ``atol`` = 1e-6: float32
+    rounding of a differently ordered mean, far below any real difference between layers). Pairs are
+    compared on each batch until they first differ, so the cost after the first batch is nil for
+    layers that differ. ``merge`` intersects the pairs of two splits (a pair must agree on both).
+    """
+
+    RTOL = 1e-5
+    ATOL = 1e-6
+
+    def __init__(self) -> None:
+        self.pairs: set[tuple[str, str]] | None = None
+        self.order: list[str] = []
+
+    @classmethod
+    def _same(cls, a: torch.Tensor, b: torch.Tensor) -> bool:
+        a32, b32 = a.to(torch.float32), b.to(torch.float32)
+        scale = float(b32.abs().max()) if b32.numel() else 0.0
+        return bool(torch.allclose(a32, b32, rtol=cls.RTOL, atol=cls.ATOL * max(scale, 1e-30)))
+
+    def update(self, features: dict[str, torch.Tensor]) -> None:
+        """One batch: ``features`` maps layer name → (B, d) in forward order."""
+        names = list(features)
+        if self.pairs is None:
+            self.order = names
+            self.pairs = {(a, b) for i, a in enumerate(names) for b in names[i + 1:] if features[a].shape == features[b].shape}
+        for a, b in list(self.pairs):
+            if a not in features or b not in features or not self._same(features[a], features[b]):
+                self.pairs.discard((a, b))
+
+    def merge(self, other: SameFeatures) -> SameFeatures:
+        """Pairs the same in both trackers (e.g. the training and the test split)."""
+        out = SameFeatures()
+        out.order = self.order or other.order
+        out.pairs = (self.pairs or set()) & (other.pairs or set())
+        return out
+
+    def aliases(self) -> dict[str, str]:
+        """{layer: the layer it is reported as}: within each group of the same representation, the
+        penultimate layer if it is in the group, else the first in forward order."""
+        parent = {name: name for name in self.order}
+
+        def root(x: str) -> str:
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for a, b in sorted(self.pairs or ()):
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb, key=self.order.index)] = min(ra, rb, key=self.order.index)
+        groups: dict[str, list[str]] = {}
+        for name in self.order:
+            groups.setdefault(root(name), []).append(name)
+        out = {}
+        for members in groups.values():
+            kept = PENULTIMATE if PENULTIMATE in members else members[0]
+            out.update({m: kept for m in members if m != kept})
+        return out
 
 
 class FeatureExtractor:

@@ -30,7 +30,7 @@ from ncbounds.bounds.binomial import clopper_pearson
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
 from ncbounds.bounds.runner import run_bounds, select_bounds
 from ncbounds.errors import CheckpointError, DataError, NCBoundsError, UsageError
-from ncbounds.features import PENULTIMATE, FeatureExtractor, find_head, resolve_layers
+from ncbounds.features import PENULTIMATE, FeatureExtractor, SameFeatures, find_head, resolve_layers
 from ncbounds.io.checkpoints import load_checkpoint, load_into_model
 from ncbounds.io.datasets import DataSource, iterate_batches, load_data
 from ncbounds.io.sidecar import read_sidecar
@@ -187,8 +187,11 @@ def _check_labels(data: DataSource, num_classes: int) -> None:
             )
 
 
-def _stream(split_name, split, prep, extractor, head, device, opts, reference, conv, replay=None):
-    """One pass over one split, then the replay of its features; returns the finished statistics."""
+def _stream(split_name, split, prep, extractor, head, device, opts, reference, conv, replay=None, same=None):
+    """One pass over one split, then the replay of its features; returns the finished statistics.
+
+    ``same``: a :class:`SameFeatures` tracker fed with every batch's features (layers that are one
+    representation are reported once)."""
     acc = SplitStatistics(prep_num_classes(prep, head), penultimate=PENULTIMATE, device=device)
     n_batches = (len(split) + opts.batch_size - 1) // opts.batch_size
     bar = Progress(n_batches, f"{split_name:>5}", enabled=opts.progress and n_batches >= 20)
@@ -210,6 +213,8 @@ def _stream(split_name, split, prep, extractor, head, device, opts, reference, c
             nc4 = None
             if logits is not None and not conv.nc4_use_bias and head is not None:
                 nc4 = (feats[PENULTIMATE].to(torch.float64) @ head[0].to(device).T).argmax(1)
+            if same is not None and len(feats) > 1:
+                same.update(feats)
             acc.update(feats, yb.pin_memory().to(device, non_blocking=True) if pin else yb, logits, nc4)
             bar.advance()
     bar.close()
@@ -262,6 +267,7 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
     _check_labels(prep.data, num_classes)
 
     splits: dict[str, SplitStatistics] = {}
+    same = {name: SameFeatures() for name in SPLITS}
     reference = None
     ctx = extractor if extractor is not None else _NullContext()
     with ctx, _exact_cuda_math(device):
@@ -271,7 +277,8 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
                     "reference_means": None if reference is None else reference[PENULTIMATE][0],
                     "reference_present": None if reference is None else reference[PENULTIMATE][1]}
             replay = {PENULTIMATE: replay_requests(selected, name, info)} if selected else None
-            splits[name] = _stream(name, getattr(prep.data, name), prep, extractor, head, device, opts, reference, conv, replay)
+            splits[name] = _stream(name, getattr(prep.data, name), prep, extractor, head, device, opts, reference, conv, replay,
+                                   same[name])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings[f"pass_{name}"] = time.perf_counter() - t0
@@ -279,7 +286,8 @@ def evaluate(checkpoint: str | None = None, options: EvalOptions | None = None, 
                 reference = splits[name].class_means()
 
     t0 = time.perf_counter()
-    record = _assemble(prep, splits, head, conv, opts, device, num_classes)
+    aliases = same["train"].merge(same["test"]).aliases()
+    record = _assemble(prep, splits, head, conv, opts, device, num_classes, aliases)
     timings["metrics"] = time.perf_counter() - t0
     if selected:
         t0 = time.perf_counter()
@@ -387,12 +395,19 @@ def _errors(split: SplitStatistics) -> dict | None:
     return {"error": k / n, "errors": k, "n": n, "ci95": [float(lo), float(hi)]}
 
 
-def _assemble(prep, splits, head, conv, opts, device, num_classes) -> EvalRecord:
+def _assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None) -> EvalRecord:
     notes = list(prep.notes)
     if opts.amp:
         notes.append("the forward pass ran under automatic mixed precision (--amp): features are half precision, statistics are still float64.")
     train = splits["train"]
-    order = list(train.layers)  # forward order, penultimate last
+    aliases = aliases or {}
+    order = [name for name in train.layers if name not in aliases]  # forward order, penultimate last, each representation once
+    for kept in order:
+        merged = [a for a, k in aliases.items() if k == kept]
+        if merged:
+            notes.append(f"layer{'s' if len(merged) > 1 else ''} {', '.join(merged)} carr{'y' if len(merged) > 1 else 'ies'} the same "
+                         f"features as {kept} on every sample (e.g. a pooled last block that the head receives as it is) and "
+                         f"{'are' if len(merged) > 1 else 'is'} reported once, as {kept}; layerwise fits count it once.")
     W = head[0] if head is not None else None
     layers = {}
     for index, name in enumerate(order, start=1):
@@ -403,6 +418,9 @@ def _assemble(prep, splits, head, conv, opts, device, num_classes) -> EvalRecord
             if name == PENULTIMATE or index == 1:
                 notes += [n for n in collapse_notes(split.layers[name], split_name, name) if n not in notes]
         layers[name] = {"dim": stats.dim, "index": index, "scatter_mode": stats.scatter_mode, "metrics": metrics}
+        merged = [a for a, k in aliases.items() if k == name]
+        if merged:
+            layers[name]["aliases"] = merged
     layerwise: dict = {"epsilon": opts.effective_depth_epsilon}
     for split_name in splits:
         if len(order) >= 2:

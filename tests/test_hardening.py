@@ -409,3 +409,58 @@ def test_resume_sees_edited_data_and_architecture_files(tmp_path, weights):
     assert (again.done, again.skipped) == (1, 0)
     assert json.loads((out / "m.pt.json").read_text())["batch"]["inputs_hash"] != first["batch"]["inputs_hash"]
     assert not list(out.glob(f"*{ERROR_SUFFIX}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. layerwise fits count each representation once
+
+
+def test_cnn_pooled_last_block_is_reported_once_as_penultimate(tmp_path):
+    """Before: ``features.5`` (the last conv block, globally averaged) duplicated the penultimate layer in
+    the He–Su fit, e.g. ρ = 0.350 instead of 0.234 on a 1-D CNN."""
+    from ncbounds.io.datasets import load_data
+    from ncbounds.metrics.layerwise import he_su_fit
+    from ncbounds.models import build_model
+
+    torch.manual_seed(0)
+    spec = "mnist1d:n=1000"
+    data = load_data(spec)
+    model = build_model("cnn1d:channels=16")
+    x, y = torch.as_tensor(data.train.x), torch.as_tensor(data.train.y)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(60):
+        idx = torch.randint(0, len(x), (128,))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    torch.save(model.state_dict(), tmp_path / "cnn.pt")
+    rec = evaluate(str(tmp_path / "cnn.pt"), arch="cnn1d:channels=16", data=spec, layers="all", bounds="none", device="cpu")
+    assert list(rec.layers) == ["features.1", "features.3", "penultimate"]
+    assert rec.layers["penultimate"]["aliases"] == ["features.5"]
+    assert any("features.5" in n and "reported once" in n for n in rec.notes)
+    for split in ("train", "test"):
+        fuzz = [rec.layers[n]["metrics"][split]["separation_fuzziness"] for n in rec.layers]
+        assert rec.layerwise[split] == pytest.approx(he_su_fit(fuzz), rel=1e-12)
+        doubled = he_su_fit([*fuzz[:2], fuzz[2], fuzz[2]])  # what counting the duplicate would give
+        assert doubled["layerwise_rho"] != pytest.approx(rec.layerwise[split]["layerwise_rho"], rel=1e-3)
+    assert [rec.layers[n]["index"] for n in rec.layers] == [1, 2, 3]
+
+
+def test_same_features_groups_equal_layers_only():
+    from ncbounds.features import PENULTIMATE, SameFeatures
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 8, generator=g)
+    same = SameFeatures()
+    for _ in range(3):
+        b = torch.randn(50, 8, generator=g)
+        pen = b * (1 + 1e-7)  # the same numbers up to float32 rounding
+        same.update({"a": a, "b": b, "b2": b.clone(), "c": torch.randn(50, 8, generator=g), PENULTIMATE: pen})
+    assert same.aliases() == {"b": PENULTIMATE, "b2": PENULTIMATE}
+    other = SameFeatures()
+    other.update({"a": a, "b": a + 1.0, "b2": a + 1.0, "c": a, PENULTIMATE: a - 1.0})
+    assert same.merge(other).aliases() == {"b2": "b"}  # must agree on both splits: b and b2 still do
+    close = SameFeatures()
+    x = torch.randn(50, 8, generator=g)
+    close.update({"x": x, PENULTIMATE: x + 1e-3 * x.abs().max()})  # a real (if small) difference
+    assert close.aliases() == {}
