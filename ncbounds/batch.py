@@ -364,7 +364,7 @@ def sidecar_hash(checkpoint: str | Path) -> str | None:
     """SHA-256 of the canonical JSON of ``checkpoint``'s merged sidecar; None if it cannot be read.
 
     Covers ``arch``, ``arch_kwargs``, ``data``, ``init_checkpoint`` (relative to the checkpoint's folder)
-    and the hyperparameters.
+    and every other key as written (hyperparameters, ``hparams`` and metadata alike).
     """
     try:
         side = read_sidecar(checkpoint)
@@ -375,7 +375,7 @@ def sidecar_hash(checkpoint: str | Path) -> str | None:
         with contextlib.suppress(ValueError):
             init = os.path.relpath(init, Path(checkpoint).parent)
     return _sha256_text(_canonical({"arch": side.arch, "arch_kwargs": side.arch_kwargs, "data": side.data,
-                                    "init_checkpoint": init, "hyperparameters": side.hyperparameters}))
+                                    "init_checkpoint": init, "hyperparameters": side.extra_keys}))
 
 
 class FileHashes:

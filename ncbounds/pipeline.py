@@ -110,6 +110,8 @@ class _Prepared:
     hyperparameters: dict
     notes: list
     init_checkpoint: str | None
+    metadata: dict = field(default_factory=dict)
+    hparams_source: str = "none"
 
 
 def _prepare(checkpoint: str | None, opts: EvalOptions) -> _Prepared:
@@ -161,7 +163,9 @@ def _prepare(checkpoint: str | None, opts: EvalOptions) -> _Prepared:
     }
     model_info = {"arch": arch, "arch_kwargs": kwargs, "num_params": int(sum(p.numel() for p in model.parameters()))}
     init = side.init_checkpoint if side else None
-    return _Prepared(model, data, checkpoint_info, model_info, dict(side.hyperparameters if side else {}), notes, init)
+    model_info["hyperparameters"] = {**describe_spec(arch).kwargs, **kwargs}  # inline spec arguments + arch_kwargs
+    return _Prepared(model, data, checkpoint_info, model_info, dict(side.hyperparameters if side else {}), notes, init,
+                     metadata=dict(side.metadata) if side else {}, hparams_source=side.hparams_source if side else "none")
 
 
 def _builtin_name_note(arch: str, sidecar: str | None) -> list[str]:
@@ -455,6 +459,8 @@ def _assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None)
         "seed": opts.seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hyperparameters": prep.hyperparameters,
+        "hyperparameters_source": prep.hparams_source,
+        "metadata": prep.metadata,
     }
     return EvalRecord(
         checkpoint=prep.checkpoint_info,

@@ -464,3 +464,58 @@ def test_same_features_groups_equal_layers_only():
     x = torch.randn(50, 8, generator=g)
     close.update({"x": x, PENULTIMATE: x + 1e-3 * x.abs().max()})  # a real (if small) difference
     assert close.aliases() == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. hyperparameters are declared, not guessed
+
+
+def test_sidecar_keys_split_into_hyperparameters_and_metadata(tmp_path):
+    from ncbounds.io.sidecar import read_sidecar
+
+    (tmp_path / "m.pt").write_bytes(b"")
+    keys = {"epoch": 3, "lr": 0.1, "layers": [64, 64], "test_error": 0.2, "train_acc": 0.99, "val_loss": 1.0,
+            "wall_time": 12.0, "seconds": 3.0, "created": "2026-01-01", "git_commit": "abc", "compiled": True,
+            "ddp": False, "optimizer_state": {"momentum": 0.9}, "arch": "mlp", "arch_kwargs": {"width": 8}}
+    (tmp_path / "m.json").write_text(json.dumps(keys))
+    side = read_sidecar(tmp_path / "m.pt")
+    assert side.hparams_source == "sidecar keys"
+    assert side.hyperparameters == {"epoch": 3, "lr": 0.1, "layers": [64, 64]}
+    assert set(side.metadata) == {"test_error", "train_acc", "val_loss", "wall_time", "seconds", "created", "git_commit",
+                                  "compiled", "ddp", "optimizer_state"}
+    (tmp_path / "ncbounds.json").write_text(json.dumps({"hparams": {"width": 8}}))
+    (tmp_path / "m.json").write_text(json.dumps({**keys, "hparams": {"lr": 0.1}}))
+    side = read_sidecar(tmp_path / "m.pt")
+    assert side.hparams_source == "hparams" and side.hyperparameters == {"width": 8, "lr": 0.1}
+    assert "epoch" in side.metadata and "lr" in side.metadata  # declared elsewhere: the loose keys are metadata
+
+
+def test_correlate_uses_declared_hyperparameters_and_says_why(tmp_path):
+    """Before: every sidecar key (the target ``test_error`` itself, timings, flags) was a hyperparameter, so
+    every group held one checkpoint and every Ψ was '—' with no explanation; arch_kwargs never counted."""
+    root = tmp_path / "sweep"
+    root.mkdir()
+    (root / "ncbounds.json").write_text(json.dumps({"arch": "mlp:input_dim=64,num_classes=10,depth=2", "data": "digits"}))
+    for width in (16, 32):
+        for steps in (10, 60):
+            model = trained_mlp(f"mlp:input_dim=64,num_classes=10,width={width},depth=2", steps=steps)
+            checkpoint(root, f"w{width}_s{steps}.pt", model.state_dict(),
+                       {"arch_kwargs": {"width": width}, "steps": steps, "test_error": 0.01 * steps + width,
+                        "seconds": 1.0 + width + steps, "compiled": steps > 20})
+    out = tmp_path / "res"
+    assert run_batch(root, out, OPTS, progress=False).failed == 0
+    frame = load_results_rows(out)
+    assert {"hp.steps", "hp.arch.width", "meta.test_error", "meta.seconds", "meta.compiled"} <= set(frame.columns)
+    assert "hp.test_error" not in frame.columns and "hp.seconds" not in frame.columns
+    code, text, err = run_cli("correlate", out)
+    assert code == 0, err
+    head = text.splitlines()[0]
+    assert "over: steps, arch.width" in head
+    assert "psi.steps: 2 group(s) where only steps varies" in text
+    assert "arch.input_dim (one value in all checkpoints)" in text
+    from ncbounds.report.correlate import correlate_table
+
+    table = correlate_table(frame)
+    assert table["Psi"].notna().any()
+    code, text, _ = run_cli("correlate", out, "--hparams", "steps")
+    assert code == 0 and "over: steps (from --hparams)" in text and "psi.steps: 1 group(s) where only steps varies" in text

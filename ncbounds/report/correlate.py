@@ -22,9 +22,14 @@ Conventions:
 * missing values: complete cases only (a row missing the measure, the target or, for the granulated
   τ, any of the hyperparameters, is left out and counted);
 * τ is undefined (NaN) with fewer than 2 complete cases, and τ-b also when either vector is constant;
-* default hyperparameters (:func:`default_hparams`): every ``hp.*`` column with at least 2 distinct
-  values, except seed-like ones (the name after ``hp.`` contains ``seed``). Seeds label replicates, not
-  a design axis: replicates that share all other hyperparameters are pooled in the same group.
+* default hyperparameters (:func:`choose_hparams`): every ``hp.*`` column (declared in the sidecars,
+  see :mod:`ncbounds.io.sidecar`, and the architecture's ``hp.arch.*`` arguments) with at least 2
+  distinct values, except seed-like ones (the name after ``hp.`` contains ``seed``) and columns that
+  group the checkpoints exactly like an earlier column (``hp.arch.width`` beside ``hp.width``: the same
+  axis twice would leave no group in which only one of them varies). Seeds label replicates, not a
+  design axis: replicates that share all other hyperparameters are pooled in the same group. Each
+  column left out is reported with its reason; ``meta.*`` columns (sidecar metadata) are never
+  hyperparameters unless named with ``hparams``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def measure_columns(df: pd.DataFrame, target: str = "test_error") -> list[str]:
     """The numeric measure columns of the wide table that are correlated with ``target`` (see the module docstring)."""
     out = []
     for col in df.columns:
-        if col == target or col in _NOT_MEASURES or col.startswith("hp."):
+        if col == target or col in _NOT_MEASURES or col.startswith(("hp.", "meta.")):
             continue
         if col.endswith((".lo", ".hi", ".status", ".vacuous")):
             continue
@@ -62,9 +67,36 @@ def measure_columns(df: pd.DataFrame, target: str = "test_error") -> list[str]:
     return out
 
 
+def _same_grouping(a: pd.Series, b: pd.Series) -> bool:
+    """True when ``a`` and ``b`` split the rows (where both are present) into the same groups."""
+    both = a.notna() & b.notna()
+    if not both.any():
+        return False
+    x, y = a[both].astype(str), b[both].astype(str)
+    return bool(pd.crosstab(x, y).astype(bool).sum(axis=1).max() == 1 and pd.crosstab(y, x).astype(bool).sum(axis=1).max() == 1)
+
+
+def choose_hparams(df: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """(hyperparameter columns used by default, {column left out: why}); rule in the module docstring."""
+    used: list[str] = []
+    skipped: dict[str, str] = {}
+    declared = [c for c in df.columns if c.startswith("hp.") and not c.startswith("hp.arch.")]
+    for col in [*declared, *(c for c in df.columns if c.startswith("hp.arch."))]:  # a sidecar's name wins over the spec's
+        if "seed" in col[3:].lower():
+            skipped[col] = "a seed: checkpoints that differ only in it are replicates"
+        elif df[col].nunique(dropna=True) < 2:
+            skipped[col] = "one value in all checkpoints"
+        elif any(_same_grouping(df[col], df[u]) for u in used):
+            twin = next(u for u in used if _same_grouping(df[col], df[u]))
+            skipped[col] = f"groups the checkpoints exactly like {twin}"
+        else:
+            used.append(col)
+    return used, skipped
+
+
 def default_hparams(df: pd.DataFrame) -> list[str]:
-    """``hp.*`` columns with ≥ 2 distinct non-missing values, except seed-like ones (name contains 'seed')."""
-    return [c for c in df.columns if c.startswith("hp.") and "seed" not in c[3:].lower() and df[c].nunique(dropna=True) >= 2]
+    """The hyperparameter columns of :func:`choose_hparams` (``hp.*``, ≥ 2 values, no seeds, no duplicated axes)."""
+    return choose_hparams(df)[0]
 
 
 def _resolve_hparams(df: pd.DataFrame, hparams: Sequence[str] | str | None) -> list[str]:
@@ -73,9 +105,9 @@ def _resolve_hparams(df: pd.DataFrame, hparams: Sequence[str] | str | None) -> l
     items = [h.strip() for h in hparams.split(",")] if isinstance(hparams, str) else list(hparams)
     out = []
     for h in (h for h in items if h):
-        col = h if h in df.columns else f"hp.{h}"
-        if col not in df.columns:
-            known = ", ".join(c[3:] for c in df.columns if c.startswith("hp.")) or "none"
+        col = next((c for c in (h, f"hp.{h}", f"hp.arch.{h}", f"meta.{h}") if c in df.columns), None)
+        if col is None:
+            known = ", ".join(c.split(".", 1)[1] for c in df.columns if c.startswith(("hp.", "meta."))) or "none"
             raise UsageError(f"unknown hyperparameter {h!r}; the results have: {known}.")
         out.append(col)
     return list(dict.fromkeys(out))
@@ -219,19 +251,44 @@ def correlate_table(
     """
     table = kendall_table(df, target, columns)
     hps = _resolve_hparams(df, hparams)
+    skipped = choose_hparams(df)[1] if hparams is None else {}
     extra = []
     for measure in table["measure"]:
         g = granulated_kendall(df, measure, target, hps, variant)
-        row = {f"psi.{h[3:]}": g["psi"][h] for h in hps}
+        row = {f"psi.{_short(h)}": g["psi"][h] for h in hps}
         row.update(Psi=g["Psi"], groups=sum(g["groups"].values()), groups_skipped=sum(g["groups_skipped"].values()))
         extra.append(row)
-    cols = [*(f"psi.{h[3:]}" for h in hps), "Psi", "groups", "groups_skipped"]
+    cols = [*(f"psi.{_short(h)}" for h in hps), "Psi", "groups", "groups_skipped"]
     result = pd.concat([table, pd.DataFrame(extra, columns=cols, index=table.index)], axis=1)
     if len(result):
         result["groups"] = result["groups"].astype("int64")
         result["groups_skipped"] = result["groups_skipped"].astype("int64")
-    result.attrs.update(target=target, hparams=hps, variant=variant)
+    result.attrs.update(target=target, hparams=hps, variant=variant, hparams_skipped=skipped,
+                        hparams_source="--hparams" if hparams is not None else "default", groups=group_report(df, hps, target))
     return result
+
+
+def _short(col: str) -> str:
+    """``hp.lr`` → ``lr``, ``hp.arch.width`` → ``arch.width``; other columns as they are."""
+    return col[3:] if col.startswith("hp.") else col
+
+
+def group_report(df: pd.DataFrame, hparams: Sequence[str], target: str = "test_error") -> dict[str, dict[str, int]]:
+    """For each hyperparameter, how the checkpoints with the target and every hyperparameter present fall
+    into groups (the other hyperparameters fixed): ``used`` (≥ 2 checkpoints, ≥ 2 values of it),
+    ``too_small`` (one checkpoint), ``one_value`` (≥ 2 checkpoints, all with the same value of it) and
+    ``dropped`` (rows missing the target or a hyperparameter)."""
+    cols = [target, *hparams] if target in df.columns else list(hparams)
+    complete = df[cols].dropna()
+    out = {}
+    for col in hparams:
+        others = [h for h in hparams if h != col]
+        groups = [complete] if not others else [g for _, g in complete.groupby(others, sort=True)]
+        used = sum(len(g) >= 2 and g[col].nunique() >= 2 for g in groups)
+        small = sum(len(g) < 2 for g in groups)
+        out[col] = {"used": used, "too_small": small, "one_value": len(groups) - used - small,
+                    "dropped": int(len(df) - len(complete))}
+    return out
 
 
 def render_text(table: pd.DataFrame) -> str:
@@ -252,12 +309,28 @@ def render_text(table: pd.DataFrame) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     attrs = table.attrs
     if attrs.get("target"):
-        hp = ", ".join(h[3:] for h in attrs.get("hparams", [])) or "none"
-        lines.insert(0, f"Kendall tau-b with {attrs['target']}; granulated (Jiang et al. 2020, tau-{attrs.get('variant', 'a')}) over: {hp}")
+        hp = ", ".join(_short(h) for h in attrs.get("hparams", [])) or "none"
+        head = [f"Kendall tau-b with {attrs['target']}; granulated (Jiang et al. 2020, tau-{attrs.get('variant', 'a')}) over: {hp}"
+                + (" (from --hparams)" if attrs.get("hparams_source") == "--hparams" else "")]
+        for col, why in (attrs.get("hparams_skipped") or {}).items():
+            head.append(f"  not a hyperparameter axis: {_short(col)} ({why})")
+        for col, g in (attrs.get("groups") or {}).items():
+            why = []
+            if g["too_small"]:
+                why.append(f"{g['too_small']} with a single checkpoint")
+            if g["one_value"]:
+                why.append(f"{g['one_value']} where {_short(col)} takes one value")
+            skipped = f"; skipped {', '.join(why)}" if why else ""
+            dropped = f"; {g['dropped']} checkpoint(s) without a value left out" if g["dropped"] else ""
+            head.append(f"  psi.{_short(col)}: {g['used']} group(s) where only {_short(col)} varies{skipped}{dropped}")
+        if not attrs.get("hparams"):
+            head.append("  no hyperparameter varies, so psi/Psi are undefined (declare them with an 'hparams' object in the "
+                        "sidecars or pass --hparams)")
+        lines[:0] = head
     return "\n".join(lines)
 
 
 __all__ = [
-    "TARGETS", "correlate_table", "default_hparams", "granulated_kendall", "kendall_table", "kendall_tau", "measure_columns",
+    "TARGETS", "choose_hparams", "correlate_table", "default_hparams", "group_report", "granulated_kendall", "kendall_table", "kendall_tau", "measure_columns",
     "render_text", "tau_a",
 ]

@@ -11,8 +11,11 @@ Wide-table columns, in this order (missing values are NaN):
 * provenance: ``checkpoint`` (checkpoint path; the data spec for a features-file record),
   ``relative_path`` (``record['batch']``), ``sha256``, ``format``, ``arch``, ``data`` (data spec),
   ``convention``, ``device``, ``created`` (ISO string);
-* ``hp.<key>`` for every hyperparameter of ``provenance.hyperparameters`` (union over records, sorted
-  by key; lists and dicts are JSON-encoded strings);
+* ``hp.<key>`` for every hyperparameter of ``provenance.hyperparameters`` and ``hp.arch.<key>`` for every
+  keyword argument of the architecture (``model.hyperparameters``: the spec's inline arguments and
+  ``arch_kwargs``), union over records, sorted by name; lists and dicts are JSON-encoded strings;
+* ``meta.<key>`` for the sidecar keys that are not hyperparameters (``provenance.metadata``: measured
+  values, times, provenance; see :mod:`ncbounds.io.sidecar`), sorted;
 * measured errors: ``train_error``, ``train_error.lo``, ``train_error.hi``, ``test_error``,
   ``test_error.lo``, ``test_error.hi`` (95 % Clopper–Pearson interval), ``gap`` = test − train error,
   ``n_train``, ``n_test``, ``num_classes``, ``num_params``;
@@ -299,6 +302,19 @@ def bound_names(record: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def arch_hyperparameters(record: dict) -> dict:
+    """The architecture's keyword arguments of a record (``model.hyperparameters``; for records written
+    before that field existed, the spec's inline arguments merged with ``model.arch_kwargs``)."""
+    model = record.get("model") or {}
+    if isinstance(model.get("hyperparameters"), dict):
+        return model["hyperparameters"]
+    from ncbounds.models.spec import describe_spec
+
+    arch = model.get("arch")
+    inline = describe_spec(arch).kwargs if isinstance(arch, str) and not arch.startswith("<") else {}
+    return {**inline, **(model.get("arch_kwargs") or {})}
+
+
 def _row(record: dict) -> tuple[dict[str, Any], dict[str, Any]]:
     """(float cells, other cells) of one record."""
     floats: dict[str, Any] = {}
@@ -315,6 +331,10 @@ def _row(record: dict) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     for key, value in (_get(record, "provenance", "hyperparameters") or {}).items():
         other[f"hp.{key}"] = _scalar(value)
+    for key, value in arch_hyperparameters(record).items():
+        other[f"hp.arch.{key}"] = _scalar(value)
+    for key, value in (_get(record, "provenance", "metadata") or {}).items():
+        other[f"meta.{key}"] = _scalar(value)
     errors = record.get("errors") or {}
     for split in SPLITS:
         e = errors.get(split) or {}
@@ -354,6 +374,7 @@ def _column_order(rows: list[tuple[dict, dict]]) -> list[str]:
         return list(seen)
 
     hps = sorted(union(lambda f, o: [k for k in o if k.startswith("hp.")]))
+    hps += sorted(union(lambda f, o: [k for k in o if k.startswith("meta.")]))
     metric_cols = []
     for split in SPLITS:
         metric_cols += [k for k in union(lambda f, o, s=split: [k for k in f if k.startswith(f"{s}.")]) if k not in LAYERWISE_COLUMNS]
