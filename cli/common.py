@@ -15,7 +15,7 @@ import traceback
 
 import click
 
-from ncbounds.errors import NCBoundsError
+from ncbounds.errors import Interrupted, NCBoundsError
 from ncbounds.io.output import check_output_path, write_atomic
 
 
@@ -36,13 +36,22 @@ def handle_errors(func):
             kwargs["debug"] = debug
         try:
             return func(*args, **kwargs)
+        except Interrupted as exc:
+            click.echo(f"interrupted: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except NCBoundsError as exc:
             if debug:
                 traceback.print_exc()
             _fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            _quiet_stdout()  # the reader (e.g. `| head`) stopped reading: not an error of ours
+            sys.exit(0)
+        except KeyboardInterrupt:
+            click.echo("interrupted: stopped before finishing; nothing partial was written.", err=True)
+            sys.exit(Interrupted.exit_code)
         except click.exceptions.Exit:
             raise
-        except (KeyboardInterrupt, click.ClickException):
+        except click.ClickException:
             raise
         except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback without --debug
             if debug:
@@ -62,6 +71,15 @@ def check_output(output: str | None) -> None:
     """Refuse an ``-o`` path that must not be replaced (directory, device, FIFO, socket) before any work."""
     if not to_stdout(output):
         check_output_path(output)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail on a closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. a test runner's stream)
+        pass
 
 
 def _write(data: str | bytes, output: str | None) -> None:

@@ -105,7 +105,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ncbounds.errors import NCBoundsError, UsageError
+from ncbounds.errors import Interrupted, NCBoundsError, UsageError
 from ncbounds.io.output import temporary_target, write_atomic
 from ncbounds.io.sidecar import read_sidecar
 from ncbounds.pipeline import EvalOptions
@@ -904,6 +904,13 @@ def run_batch(
                     collect(_run_task(task))
             else:
                 _run_parallel(tasks, min(jobs, len(tasks)), collect)
+        except KeyboardInterrupt:
+            bar.close()
+            raise Interrupted(
+                f"{summary.done + summary.failed} of {len(tasks)} checkpoints finished in this run ({summary.done} records, "
+                f"{summary.failed} failures; {summary.skipped} were already up to date) and are kept in {out}; run the same "
+                f"command with --resume to evaluate the rest."
+            ) from None
         finally:
             bar.close()
             _clean_temporaries(out, names if shard else None)

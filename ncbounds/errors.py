@@ -1,6 +1,7 @@
 """Error types: every error carries one sentence that names the fix, and an exit code.
 
-Exit codes follow DESIGN §7: 1 = failure of an input or computation, 2 = usage error.
+Exit codes: 1 = failure of an input or computation, 2 = usage error, 3 = a batch finished with some
+checkpoints failed, 130 = interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ class CheckpointError(NCBoundsError):
 
 class DataError(NCBoundsError):
     """The data spec points to missing or malformed data, or labels are invalid."""
+
+
+class Interrupted(NCBoundsError):
+    """The user interrupted the work (Ctrl-C); the message says what was kept and how to continue."""
+
+    exit_code = 130
 
 
 class StatisticsError(NCBoundsError):

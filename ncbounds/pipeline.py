@@ -213,7 +213,10 @@ def _stream(split_name, split, prep, extractor, head, device, opts, reference, c
             else:
                 xb = xb.pin_memory().to(device, non_blocking=True) if pin else xb
                 with torch.autocast(device.type, dtype=torch.float16 if pin else torch.bfloat16, enabled=opts.amp):
-                    feats, logits = extractor.run(xb)
+                    try:
+                        feats, logits = extractor.run(xb)
+                    except RuntimeError as exc:
+                        raise _input_mismatch(exc, prep, xb) or exc
             nc4 = None
             if logits is not None and not conv.nc4_use_bias and head is not None:
                 nc4 = (feats[PENULTIMATE].to(torch.float64) @ head[0].to(device).T).argmax(1)
@@ -224,6 +227,30 @@ def _stream(split_name, split, prep, extractor, head, device, opts, reference, c
     bar.close()
     acc.finish(reference, replay_accumulators=replay)
     return acc
+
+
+_SHAPE_WORDS = ("shape", "size", "mat1 and mat2", "expected input", "channels", "dimension")
+
+
+def _input_mismatch(exc: RuntimeError, prep: _Prepared, xb: torch.Tensor) -> DataError | None:
+    """A one-sentence DataError when the model rejected the inputs' shape (None for other errors)."""
+    message = " ".join(str(exc).split())
+    if not any(word in message.lower() for word in _SHAPE_WORDS):
+        return None
+    first = next(((name, m) for name, m in prep.model.named_modules()
+                  if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))), None)
+    expects = ""
+    if first is not None:
+        name, module = first
+        what = (f"{module.in_features} input features" if isinstance(module, torch.nn.Linear)
+                else f"{module.in_channels} input channel(s)")
+        expects = f"its first layer {name} ({type(module).__name__}) expects {what}, "
+    shape = tuple(xb.shape[1:])
+    return DataError(
+        f"the model does not accept the inputs of {prep.data.spec!r}: {expects}and each sample has shape {shape} "
+        f"({int(np.prod(shape))} values) — torch says: {message[:200]}; pass an --arch whose input size matches the data "
+        f"(e.g. input_dim={int(np.prod(shape))} for an MLP) or data of the shape the model was trained on."
+    )
 
 
 def prep_num_classes(prep: _Prepared, head) -> int:

@@ -38,6 +38,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """End the line of an in-place bar (once; later calls do nothing)."""
         if self.enabled and self._tty and self._last:
             self.stream.write("\n")
             self.stream.flush()
+        self._last = 0.0

@@ -500,3 +500,26 @@ def test_sigkill_resume_gives_exactly_the_uninterrupted_csv(tree, reference, chi
     import pandas as pd
 
     pd.testing.assert_frame_equal(got.drop(columns=timing), want.drop(columns=timing))  # 0 lost, 0 duplicated rows
+
+
+def test_ctrl_c_exits_130_and_says_how_to_continue(tree, reference, child_env, tmp_path):
+    """Before: Ctrl-C printed click's 'Aborted!' with exit code 1 and no word on what was kept."""
+    out = tmp_path / "interrupted"
+    args = ["batch", str(tree), "--out", str(out), "--bounds", BOUNDS, "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", _CLI, *args], env=child_env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while len([p for p in out.glob("*.json") if not p.name.endswith(ERROR_SUFFIX)]) < 2:
+        assert proc.poll() is None, f"batch ended before it could be interrupted: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no records appeared"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 130, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("interrupted: ") and "--resume" in line and f"of {len(ALL)} checkpoints finished" in line, stderr
+    assert "Traceback" not in stderr
+    kept = len([p for p in out.glob("*.json") if not p.name.endswith(ERROR_SUFFIX)])
+    code, stderr = _invoke("batch", tree, "--out", out, "--bounds", BOUNDS, "--device", "cpu", "--quiet", "--resume")
+    assert code == 3 and f"{kept} skipped" in stderr.strip().splitlines()[-1]
+    assert sorted(_records(out)) == sorted(_records(reference["out"]))

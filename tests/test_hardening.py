@@ -519,3 +519,94 @@ def test_correlate_uses_declared_hyperparameters_and_says_why(tmp_path):
     assert table["Psi"].notna().any()
     code, text, _ = run_cli("correlate", out, "--hparams", "steps")
     assert code == 0 and "over: steps (from --hparams)" in text and "psi.steps: 1 group(s) where only steps varies" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. one-sentence messages
+
+
+def test_input_width_mismatch_names_both_shapes(tmp_path):
+    """Before: 'unexpected RuntimeError: mat1 and mat2 shapes cannot be multiplied …'."""
+    arch40 = "mlp:input_dim=40,num_classes=10,width=16,depth=2"
+    from ncbounds.models import build_model
+
+    torch.save(build_model(arch40).state_dict(), tmp_path / "m40.pt")
+    code, _, err = run_cli("report", tmp_path / "m40.pt", "--arch", arch40, "--data", "digits")
+    line = one_error(err)
+    assert code == 1 and "expects 40 input features" in line and "(64,)" in line and "unexpected" not in line
+
+
+def test_missing_checkpoint_is_named_before_the_data(tmp_path):
+    """Before: a missing checkpoint without --data said 'no data given'."""
+    code, _, err = run_cli("report", tmp_path / "nope.pt")
+    line = one_error(err)
+    assert code == 1 and "nope.pt does not exist" in line
+
+
+@pytest.mark.parametrize("kind", ["pickle", "text", "json", "npy"])
+def test_non_torch_files_are_named_as_such(tmp_path, kind):
+    """Before: 'truncated or corrupt (Unsupported operand 149)' and a torch warning."""
+    import pickle
+
+    import numpy as np
+
+    path = tmp_path / "thing.pt"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))
+    elif kind == "text":
+        path.write_text("epoch 1: loss 0.3\n")
+    elif kind == "json":
+        path.write_text(json.dumps({"state_dict": {}}))
+    else:
+        with open(path, "wb") as fh:
+            np.save(fh, np.zeros(3))
+    code, _, err = run_cli("report", path, "--arch", ARCH, "--data", "digits")
+    line = one_error(err)
+    assert code == 1 and "is not a PyTorch checkpoint" in line and "torch.save" in line and "Warning" not in err
+
+
+def test_plot_epochs_without_an_epoch_is_a_usage_error(odd_names, tmp_path):
+    """Before: exit 1 (a data error) for what is a wrong command."""
+    out = tmp_path / "res"
+    run_batch(odd_names, out, OPTS, progress=False)  # sidecars have 'epoch' ...
+    for record in out.glob("*.json"):  # ... remove it from the records
+        data = json.loads(record.read_text())
+        data["provenance"]["hyperparameters"].pop("epoch")
+        record.write_text(json.dumps(data))
+    code, _, err = run_cli("plot", out, "--kind", "epochs", "-o", tmp_path / "e.png")
+    assert code == 2 and "epoch" in one_error(err) and "--x" in err
+
+
+def test_case_insensitive_builtin_name_is_noted(tmp_path, weights):
+    checkpoint(tmp_path, "m.pt", weights, {"arch": "MLP:input_dim=64,num_classes=10,width=32,depth=2", "data": "digits"})
+    rec = evaluate(str(tmp_path / "m.pt"), device="cpu", bounds="none")
+    assert any("'MLP'" in n and "built-in 'mlp'" in n and "MLP" in n and "m.json" in n for n in rec.notes), rec.notes
+
+
+BROKEN_PIPE = """
+import subprocess, sys
+p = subprocess.Popen([sys.executable, "-c", "from cli.main import main; main()", "export", sys.argv[1], "--format", "csv"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+p.stdout.readline()
+p.stdout.close()  # like `| head -1`
+err = p.stderr.read().decode()
+print(p.wait(), repr(err))
+"""
+
+
+def test_broken_pipe_exits_quietly(tmp_path):
+    """Before: a BrokenPipeError traceback when the reader (`| head`) stops early."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    record = json.loads(next((REPO / "data" / "fixtures" / "demo-records" / "records").glob("*.json")).read_text())
+    for i in range(400):  # enough rows to overflow the pipe's buffer
+        record["checkpoint"]["path"] = f"/x/epoch_{i:04d}.pt"
+        (folder / f"r{i:04d}.json").write_text(json.dumps(record))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", BROKEN_PIPE, str(folder)], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+    code, err = done.stdout.strip().split(" ", 1)
+    assert code == "0" and "Traceback" not in err and "Error" not in err, done.stdout

@@ -216,7 +216,7 @@ def _files(out: Path) -> list[str]:
 
 def test_ray_equals_local_value_for_value(ray_cluster, small_tree, tmp_path):
     root, counter = small_tree["root"], small_tree["counter"]
-    opts = EvalOptions(bounds=BOUNDS, device="cpu")
+    opts = EvalOptions(bounds=BOUNDS, device="cpu", trust_code=True)  # the test's own models.py in the folder
     counter.unlink(missing_ok=True)
     local = run_batch(root, tmp_path / "local", opts, progress=False)
     assert counter.read_text().count("call") == 1
@@ -254,8 +254,8 @@ def test_a_task_that_kills_its_worker_is_retried_once_then_recorded(ray_cluster,
     counter = tmp_path / "crash-calls.txt"
     _save_tree(root, {"ok.pt": ("plain", 7)}, ARCH)
     _save_tree(root, {"crash.pt": ("plain", 8)}, "models.py:Crash", {**MLP_KWARGS, "counter": str(counter)})
-    summary = run_batch(root, tmp_path / "out", EvalOptions(bounds=BOUNDS, device="cpu"), progress=False, backend="ray",
-                        address=ray_cluster["address"])
+    summary = run_batch(root, tmp_path / "out", EvalOptions(bounds=BOUNDS, device="cpu", trust_code=True), progress=False,
+                        backend="ray", address=ray_cluster["address"])
     assert (summary.done, summary.failed) == (1, 1)
     assert counter.read_text().count("call") == 2  # Ray's one retry (max_retries=1), then the error record
     (failure,) = summary.failures
@@ -305,7 +305,7 @@ def test_sigkill_of_a_worker_then_resume_loses_and_duplicates_nothing(ray_cluste
     layout = {f"epoch_{i}.pt": (w, 40 + i) for i, w in enumerate(["plain", "state_dict", "model", "net", "ddp", "compile"])}
     _save_tree(root, layout, "models.py:Slow", {**MLP_KWARGS, "delay": 0.12})  # ~1 s per checkpoint
     out = tmp_path / "out"
-    args = ["batch", str(root), "--out", str(out), "--bounds", BOUNDS, "--device", "cpu", "--quiet",
+    args = ["batch", str(root), "--out", str(out), "--bounds", BOUNDS, "--device", "cpu", "--quiet", "--trust-code",
             "--backend", "ray", "--address", ray_cluster["address"]]
     proc = subprocess.Popen([sys.executable, "-c", _CLI, *args], env=ray_cluster["env"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -379,7 +379,7 @@ def test_requests_the_cluster_cannot_meet_are_usage_errors(ray_cluster, small_tr
     for args, words in ((["--cpus-per-task", "8"], "asks for 8 CPUs"), (["--gpus-per-task", "1"], "asks for 1 GPUs"),
                         (["--device", "cuda"], "--gpus-per-task")):
         code, stderr = _invoke("batch", small_tree["root"], "--bounds", "none", "--backend", "ray", "--address", address,
-                               "--out", small_tree["root"] / "unused", *args)
+                               "--trust-code", "--out", small_tree["root"] / "unused", *args)
         assert code == 2, (args, stderr)
         lines = stderr.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], (args, stderr)

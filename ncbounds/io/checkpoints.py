@@ -428,6 +428,37 @@ def _load_torchscript(path: str) -> torch.nn.Module:
         raise _corrupt(path, f"TorchScript archive: {exc}") from None
 
 
+#: First bytes of the legacy (non-zip) torch.save format: the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _foreign_format(path: str) -> str | None:
+    """What a non-zip file is when it is recognisably *not* a torch.save file (None when it may be one).
+
+    torch.save writes a zip archive (PyTorch ≥ 1.6) or, in the legacy format, a pickle that starts with
+    :data:`_LEGACY_TORCH_MAGIC`. A pickle without that magic was written by ``pickle.dump``; other
+    files are recognised by their first bytes. Random or truncated bytes return None (reported as
+    corrupt by the loader).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array file"
+    if head.startswith(b"\x89HDF\r\n"):
+        return "an HDF5 file (e.g. a Keras .h5 model)"
+    if head.startswith(b"\x80") and len(head) > 1 and 2 <= head[1] <= 5:
+        return "a plain Python pickle (written by pickle.dump, not by torch.save)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "a JSON file" if text.lstrip().startswith(("{", "[")) else "a text file"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # public API
 
@@ -489,6 +520,13 @@ def load_checkpoint(
             )
 
     # torch.save pickles (zip or legacy) -------------------------------------------------------
+    if not zipfile.is_zipfile(path):
+        foreign = _foreign_format(path)
+        if foreign is not None:
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint: it is {foreign}; save the weights with "
+                "torch.save(model.state_dict(), PATH) and pass that file."
+            )
     obj, devices, unsafe = _load_pickle(path, trust)
     return _interpret(path, digest, obj, devices, unsafe, key)
 

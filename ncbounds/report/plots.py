@@ -171,17 +171,26 @@ def plot_bounds(df: pd.DataFrame, path: str | os.PathLike, target: str = "test_e
 
 
 def _x_column(df: pd.DataFrame, x: str) -> str:
-    if x in df.columns and df[x].notna().any():
-        return x
+    for cand in (x, f"hp.{x}"):
+        if cand in df.columns and df[cand].notna().any():
+            return cand
     for alt in ("hp.epoch", "hp.step"):
         if alt in df.columns and df[alt].notna().any():
             return alt
-    raise DataError(f"the results have no {x!r} column; plot --kind epochs needs hyperparameters epoch or step in the sidecars.")
+    numeric = [c for c in df.columns if c.startswith(("hp.", "meta.")) and pd.api.types.is_numeric_dtype(df[c])]
+    have = f"; numeric hyperparameters here: {', '.join(numeric)}" if numeric else ""
+    raise UsageError(f"plot --kind epochs needs an epoch (or step) hyperparameter, and the results have no {x!r} column: add "
+                     f"\"epoch\" to the sidecars (or their 'hparams') or pass --x with another column{have}.")
 
 
 def _runs(df: pd.DataFrame, x: str) -> list[tuple[str, pd.DataFrame]]:
     """Split the table into training runs: rows sharing every other varying hyperparameter."""
-    keys = [c for c in df.columns if c.startswith("hp.") and c != x and df[c].nunique(dropna=False) > 1]
+    from ncbounds.report.correlate import _same_grouping
+
+    keys: list[str] = []
+    for c in (c for c in df.columns if c.startswith("hp.") and c != x and df[c].nunique(dropna=False) > 1):
+        if not any(_same_grouping(df[c], df[k]) for k in keys):  # hp.arch.width beside hp.width: one axis
+            keys.append(c)
     if not keys:
         return [("", df.sort_values(x, kind="stable"))]
     out = []
