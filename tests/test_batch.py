@@ -505,7 +505,8 @@ def test_sigkill_resume_gives_exactly_the_uninterrupted_csv(tree, reference, chi
 def test_ctrl_c_exits_130_and_says_how_to_continue(tree, reference, child_env, tmp_path):
     """Before: Ctrl-C printed click's 'Aborted!' with exit code 1 and no word on what was kept."""
     out = tmp_path / "interrupted"
-    args = ["batch", str(tree), "--out", str(out), "--bounds", BOUNDS, "--device", "cpu", "--quiet"]
+    slow = ["--bounds", "pacbayes_gauss", "--mc-samples", "30"]  # ~0.5 s per checkpoint: the signal lands mid-batch
+    args = ["batch", str(tree), "--out", str(out), *slow, "--device", "cpu", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-c", _CLI, *args], env=child_env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
@@ -520,6 +521,6 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(tree, reference, child_env, t
     assert line.startswith("interrupted: ") and "--resume" in line and f"of {len(ALL)} checkpoints finished" in line, stderr
     assert "Traceback" not in stderr
     kept = len([p for p in out.glob("*.json") if not p.name.endswith(ERROR_SUFFIX)])
-    code, stderr = _invoke("batch", tree, "--out", out, "--bounds", BOUNDS, "--device", "cpu", "--quiet", "--resume")
+    code, stderr = _invoke("batch", tree, "--out", out, *slow, "--device", "cpu", "--quiet", "--resume")
     assert code == 3 and f"{kept} skipped" in stderr.strip().splitlines()[-1]
     assert sorted(_records(out)) == sorted(_records(reference["out"]))

@@ -188,7 +188,9 @@ def _runs(df: pd.DataFrame, x: str) -> list[tuple[str, pd.DataFrame]]:
     from ncbounds.report.correlate import _same_grouping
 
     keys: list[str] = []
-    for c in (c for c in df.columns if c.startswith("hp.") and c != x and df[c].nunique(dropna=False) > 1):
+    candidates = [c for c in df.columns if c.startswith("hp.") and c != x and df[c].nunique(dropna=False) > 1]
+    candidates.sort(key=lambda c: c.startswith("hp.arch."))  # a sidecar's name before the spec's (stable)
+    for c in candidates:
         if not any(_same_grouping(df[c], df[k]) for k in keys):  # hp.arch.width beside hp.width: one axis
             keys.append(c)
     if not keys:
