@@ -1,20 +1,21 @@
 """Neural-collapse bound on m-shot nearest-class-center error on new classes (pure functions).
 
-Galanti, György & Hutter (2022), "On the role of neural collapse in transfer learning", ICLR, §4 (few-shot
+Galanti, György & Hutter (2022), "On the role of neural collapse in transfer learning", ICLR (few-shot
 transfer to new classes). Setting: target classes are i.i.d. draws from a distribution over
 class-conditional distributions; a C'-way m-shot task draws C' of them and m samples of each, forms the
 nearest-class-center classifier h(x) = argmin_c ‖f(x) − μ̂_c‖ from the m-sample means, and errs on a fresh
 sample x when another μ̂_j is at least as close as its own. The paper bounds the expected error through
-the class-distance normalised variance (its Def. 1)
+the class-distance normalised variance
 
     CDNV = Avg_{i≠j} (v_i + v_j) / (2‖μ_i − μ_j‖²),   v_c = E‖f(x) − μ_c‖² (biased, x ~ class c),
 
 in the form  E[err] ≲ (C' − 1)·CDNV·(1 + 1/m),  the (C' − 1) from a union over the competitors and 1/m from
 the variance of the m-sample centers.
 
-Status. The proposition's exact constant could not be confirmed: the paper's text was not reachable
-from this project's reference sources (only its abstract and third-party summaries were), and we do not
-invent a constant. The value is therefore the displayed form with the hidden constant set to 1, status
+Status. The proposition could not be read: the paper's text was not reachable from this project's
+reference sources (only its abstract and third-party summaries were). The functional form above is the
+one the project's in-distribution ``galanti2022`` bound already uses; its exact constant (and any
+condition on m) is unconfirmed, and we do not invent a constant. The value is therefore the displayed form with the hidden constant set to 1, status
 ``up-to-constants``; it is additionally a plug-in (population CDNV replaced by its estimate from the
 given features). It is not a certificate and must not be read as an upper bound on the measured
 few-shot error. ``uses_test_data`` records whether the moments came from the target test split.
@@ -32,7 +33,7 @@ from ncbounds.transfer._checks import class_means, features_and_labels
 __all__ = ["GALANTI2022_REFERENCE", "cdnv_from_moments", "class_moments", "galanti2022_transfer"]
 
 GALANTI2022_REFERENCE = ("Galanti, György & Hutter (2022), 'On the role of neural collapse in transfer learning', ICLR, "
-                         "§4: few-shot NCC error on new classes ≲ (C'−1)·CDNV·(1 + 1/m), CDNV of Def. 1; "
+                         "few-shot NCC error on new classes ≲ (C'−1)·CDNV·(1 + 1/m); "
                          "hidden constant set to 1 (the proposition's constant was not confirmed)")
 
 _BOUNDS = "expected C'-way m-shot nearest-class-center error on new classes distributed like the target classes"

@@ -270,8 +270,9 @@ def linear_probe_error(train_features, train_labels, test_features, test_labels,
     softmax loss, L2 penalty ½‖W‖² + C·Σ_i CE_i with C = ``C`` = 1, intercept fitted and not penalised,
     tol 1e−4, at most ``max_iter`` = 1000 iterations, deterministic) is fitted on the training split and
     evaluated on the test split. For K = 2 scikit-learn fits the binary (sigmoid) model, one weight vector
-    v with penalty ½‖v‖² — the multinomial model with C/2 (its minimum-norm split is w₁ = −w₂ = v/2). Returns {'error', 'errors', 'n', 'ci95' (two-sided Clopper–Pearson),
-    'C', 'converged', 'iterations'}; ``converged`` is False when L-BFGS hit ``max_iter``.
+    v with penalty ½‖v‖² — the multinomial model with C/2 (its minimum-norm split is w₁ = −w₂ = v/2).
+    Returns {'error', 'errors', 'n', 'ci95' (two-sided Clopper–Pearson), 'C', 'converged', 'iterations'};
+    ``converged`` is False when L-BFGS hit ``max_iter``.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression

@@ -13,20 +13,22 @@ Conventions common to all scores
 - Where the authors' public code deviates from their paper, the paper is the default and the code's
   behaviour is offered as a named ``convention`` only where published numbers come from that code.
   Each docstring names the deviation.
+- Equation numbers are not cited: the papers' full texts were not available to us, so each formula is
+  stated in full instead, as read from the authors' code and checked against the papers' descriptions.
 
 References (paper, then the public code we compared against):
 - LogME: You, Liu, Wang & Long (2021), ICML, "LogME: Practical assessment of pre-trained models for
-  transfer learning", eq. (2)–(3) (evidence) and You et al. (2022), JMLR 23, "Ranking and tuning
-  pre-trained models", Alg. 2 (fixed-point iteration); code github.com/thuml/LogME (LogME.py).
+  transfer learning" (log-evidence of Bayesian linear regression) and You et al. (2022), JMLR 23,
+  "Ranking and tuning pre-trained models" (fixed-point iteration); code github.com/thuml/LogME (LogME.py).
 - LEEP: Nguyen, Hassner, Seeger & Archambeau (2020), ICML, "LEEP: A new measure to evaluate
-  transferability of learned representations", eq. (1)–(2); code thuml/LogME (LEEP.py).
+  transferability of learned representations" (the LEEP definition); code thuml/LogME (LEEP.py).
 - NCE: Tran, Nguyen & Hassner (2019), ICCV, "Transferability and hardness of supervised classification
-  tasks", §3 (negative conditional entropy); code thuml/LogME (NCE.py).
+  tasks" (negative conditional entropy); code thuml/LogME (NCE.py).
 - H-score: Bao, Li, Huang, Zheng, Wang & Tong (2019), ICIP, "An information-theoretic approach to
-  transferability in task transfer learning", Def. 2; code github.com/YaojieBao/
+  transferability in task transfer learning" (H-score); code github.com/YaojieBao/
   An-Information-theoretic-Metric-of-Transferability (as quoted in google-research/stable_transfer).
 - GBC: Pándy, Agostinelli, Uijlings, Ferrari & Mensink (2022), CVPR, "Transferability estimation using
-  Bhattacharyya class separability", §3; code google-research/stable_transfer (transferability/gbc.py,
+  Bhattacharyya class separability"; code google-research/stable_transfer (transferability/gbc.py,
   PCA to 64 dimensions in its configs).
 - SFDA: Shao, Zhao, Ge, Zhang, Yang, Wang, Shan & Luo (2022), ECCV, "Not all models are equal: predicting
   model transferability in a self-challenging Fisher space"; code github.com/TencentARC/SFDA (metrics.py).
@@ -129,13 +131,13 @@ def logme(features, labels, convention: str = "paper") -> float:
 
     For each class k, y = 1[label = k] ∈ {0,1}^N is regressed on f (N × d, uncentred) with prior
     w ~ N(0, α⁻¹I) and noise N(0, β⁻¹). With A = αI + βfᵀf and m = βA⁻¹fᵀy the log-evidence is
-    (You et al. 2021, eq. (2)–(3))
+    (You et al. 2021; standard Bayesian linear-regression evidence)
 
         L(α, β) = d/2·ln α + N/2·ln β − ½ ln|A| − β/2·‖fm − y‖² − α/2·‖m‖² − N/2·ln 2π,
 
     evaluated through the eigen-decomposition of the Gram matrix (σ_i = eigenvalues of fᵀf,
     t = α/β, x = Uᵀy): γ = Σσ/(σ+t), ‖m‖² = Σσx²/(t+σ)², ‖fm − y‖² = Σx²/(1+σ/t)² + ‖y‖² − ‖x‖².
-    (α, β) is found by the fixed-point iteration of You et al. (2022, Alg. 2) as coded in thuml/LogME:
+    (α, β) is found by the fixed-point iteration of You et al. (2022) as coded in thuml/LogME:
     start α = β = 1; repeat at most 11 times α ← γ/(‖m‖² + 1e−5), β ← (N − γ)/(‖fm − y‖² + 1e−5) until
     |t_new − t|/t ≤ 1e−3. LogME = mean over classes of L/N.
 
@@ -195,7 +197,7 @@ def logme(features, labels, convention: str = "paper") -> float:
 # LEEP and NCE
 # ================================================================================================
 def leep(source_probs, labels) -> float:
-    """LEEP (Nguyen et al. 2020, eq. (1)–(2)): log expected empirical prediction of the source head.
+    """LEEP (Nguyen et al. 2020): log expected empirical prediction of the source head.
 
     θ(x_i) ∈ Δ^Z is the source head's softmax on target input i (rows of ``source_probs``). Empirical
     joint P(y, z) = (1/N) Σ_{i: y_i = y} θ_z(x_i), marginal P(z) = Σ_y P(y, z), conditional
@@ -218,7 +220,7 @@ def leep(source_probs, labels) -> float:
 
 
 def nce(source_probs, labels) -> float:
-    """NCE (Tran et al. 2019, §3): negative conditional entropy −H(Y | Z) of target labels given source labels.
+    """NCE (Tran et al. 2019): negative conditional entropy −H(Y | Z) of target labels given source labels.
 
     Z = argmax_z θ_z(x) (the source head's hard prediction; ties → lowest index). With the empirical
     joint P̂(y, z) = #{i: y_i = y, z_i = z}/N, NCE = Σ_{y,z} P̂(y, z) ln P̂(y | z) ≤ 0, with 0·ln 0 = 0.
@@ -241,7 +243,7 @@ def nce(source_probs, labels) -> float:
 # H-score
 # ================================================================================================
 def hscore(features, labels, rcond: float | None = None) -> float:
-    """H-score (Bao et al. 2019, Def. 2): tr(cov(f)⁺ · cov(E[f | y])).
+    """H-score (Bao et al. 2019): tr(cov(f)⁺ · cov(E[f | y])).
 
     cov(f) = (1/(N−1)) Σ_i (f_i − f̄)(f_i − f̄)ᵀ; g_i = μ_{y_i} (the class mean of sample i's class), so
     cov(g) = (1/(N−1)) Σ_c n_c (μ_c − f̄)(μ_c − f̄)ᵀ. The pseudo-inverse keeps the eigenvalues λ of cov(f)
