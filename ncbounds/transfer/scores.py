@@ -146,7 +146,7 @@ def logme(features, labels, convention: str = "paper") -> float:
     ``'paper'`` (default): L is evaluated exactly at the final (α, β), with m recomputed at t = α/β, and
     ln|A| runs over all d eigenvalues of fᵀf, so the d − r zero eigenvalues (r = rank ≤ min(N, d))
     contribute (d − r)·ln α.
-    ``'thuml'``: the public code's ``_fit_fixed_point`` (the default of thuml/LogME since 2021), which
+    ``'thuml'``: the public code's ``_fit_fixed_point`` (the method the public LogME class uses by default), which
     (a) sums ln(α + βσ) over the computed singular values only — min(N, d) of them, or, when N > d,
     those above 1e−10 — dropping (d − r)·ln α when the features are rank-deficient or N < d, and
     (b) evaluates the evidence with the updated (α, β) but the ‖m‖², ‖fm − y‖² of the previous t.
