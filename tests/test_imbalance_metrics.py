@@ -91,7 +91,10 @@ def ref_block_cos(rows, minority):
         return u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
     mino = [i for i in range(len(rows)) if minority[i]]
     majo = [i for i in range(len(rows)) if not minority[i]]
-    within = lambda idx: np.mean([cos(rows[i], rows[j]) for i, j in itertools.combinations(idx, 2)]) if len(idx) >= 2 else None  # noqa: E731
+
+    def within(idx):
+        return np.mean([cos(rows[i], rows[j]) for i, j in itertools.combinations(idx, 2)]) if len(idx) >= 2 else None
+
     cross = np.mean([cos(rows[i], rows[j]) for i in mino for j in majo]) if mino and majo else None
     return {"minority": within(mino), "majority": within(majo), "cross": cross}
 
@@ -328,7 +331,7 @@ def test_per_class_breakdown_partial_inputs_and_absent_class():
     assert [r["n"] for r in rows] == [30, 20, 0, 10]
     assert rows[2]["variability"] is None and rows[2]["mean_norm"] is None
     assert rows[0]["error"] is None and rows[0]["nc1_share"] is None and rows[0]["classifier_norm"] is None
-    _, means, _ = (None, s.means.numpy(), None)
+    means = s.means.numpy()
     present = [0, 1, 3]
     center = means[present].mean(0)
     assert rows[3]["mean_norm"] == pytest.approx(float(np.linalg.norm(means[3] - center)), rel=1e-12)

@@ -75,7 +75,7 @@ def minority_mask(counts, minority=None) -> np.ndarray:
     √(n_max·n_min) of the largest and smallest present count (a balanced split has none). An explicit
     ``minority`` (iterable of class indices) is taken as given.
     """
-    n = np.asarray(torch.as_tensor(counts).cpu().numpy() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
+    n = np.asarray(counts.cpu().numpy() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
     K = n.shape[0]
     mask = np.zeros(K, dtype=bool)
     if minority is not None:
@@ -112,7 +112,7 @@ def block_cosines(rows, minority) -> dict[str, float | None]:
 
     ``minority`` is a boolean mask over the rows. Minority collapse (Fang, He, Long & Su 2021, PNAS,
     "Exploring deep neural networks via layer-peeled model: minority collapse in imbalanced
-    training", Fig. 3) shows as the minority cosine rising towards 1; a simplex ETF gives −1/(k−1)
+    training") shows as the minority cosine rising towards 1; a simplex ETF gives −1/(k−1)
     in every block. None for a block with fewer than two rows (one per side for ``cross``) or when a
     row is zero.
     """
@@ -135,7 +135,9 @@ def _present_view(stats: ClassStats, counts=None):
     own = stats.counts
     used = own if counts is None else torch.as_tensor(counts).to(device=own.device, dtype=torch.int64)
     if used.shape != own.shape:
-        raise UsageError(f"class counts have shape {tuple(used.shape)}, the statistics {tuple(own.shape)} classes; pass one count per class.")
+        raise UsageError(
+            f"class counts have shape {tuple(used.shape)}, the statistics {tuple(own.shape)} classes; pass one count per class."
+        )
     means = stats.means[present]
     centered = means - means.mean(0) if means.shape[0] else means
     return present, centered, used
@@ -307,7 +309,9 @@ def per_class_breakdown(
             raise StatisticsError(f"per-class labels must be class indices 0..{K - 1} of shape (N,).")
         seen = np.bincount(y, minlength=K)
         if not np.array_equal(seen, counts):
-            raise StatisticsError("the per-sample labels do not match the class counts of these statistics; pass the same split's LogitStats.")
+            raise StatisticsError(
+                "the per-sample labels do not match the class counts of these statistics; pass the same split's LogitStats."
+            )
         if pred is not None:
             if pred.shape != y.shape:
                 raise StatisticsError(f"predictions have shape {pred.shape}, labels {y.shape}; pass the same split's LogitStats.")

@@ -78,7 +78,10 @@ class PerClassReplay:
             ref_present = (torch.ones(len(ref), dtype=torch.bool, device=ref.device) if reference_present is None
                            else torch.as_tensor(reference_present).to(ref.device).bool())
         if ref.shape != self.means.shape:
-            raise StatisticsError(f"NCC reference means have shape {tuple(ref.shape)}, the split's means {tuple(self.means.shape)}; pass the same layer's training means.")
+            raise StatisticsError(
+                f"NCC reference means have shape {tuple(ref.shape)}, the split's means {tuple(self.means.shape)}; "
+                "pass the same layer's training means."
+            )
         self.reference = NCCCounter(ref, ref_present)
         K = self.means.shape[0]
         dev = self.means.device
@@ -91,7 +94,10 @@ class PerClassReplay:
         h = torch.as_tensor(features).to(device=self.means.device, dtype=torch.float64)
         y = torch.as_tensor(labels).to(device=self.means.device, dtype=torch.int64).reshape(-1)
         if h.ndim != 2 or h.shape[1] != self.means.shape[1] or h.shape[0] != y.shape[0]:
-            raise StatisticsError(f"per-class replay got features {tuple(h.shape)} and labels {tuple(y.shape)}, expected (B, {self.means.shape[1]}) and (B,).")
+            raise StatisticsError(
+                f"per-class replay got features {tuple(h.shape)} and labels {tuple(y.shape)}, "
+                f"expected (B, {self.means.shape[1]}) and (B,)."
+            )
         if y.numel() == 0:
             return self
         z = (h - self.means[y]) @ self.whiten
