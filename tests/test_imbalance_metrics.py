@@ -354,3 +354,32 @@ def test_imbalance_metrics_bundle_and_invariance():
     out2 = imbalance_metrics(s2, W @ Q.T, p2)
     for key in ("nc1_weighted", "minority_cos_M", "cross_cos_M", "seli_distance_M", "minority_cos_W", "seli_distance_W"):
         assert out2[key] == pytest.approx(out[key], rel=1e-9, abs=1e-12), key
+
+
+def test_per_class_replay_through_split_statistics_hook():
+    """The pipeline's replay hook feeds PerClassReplay; its totals agree with the split's own counters."""
+    from ncbounds.metrics.functional import split_metrics
+    from ncbounds.stats.split import SplitStatistics
+
+    K = 6
+    h, y, W, b = imbalanced_data(COUNTS, seed=14, noise=10.0)
+    ht, yt, _, _ = imbalanced_data([35] * K, seed=14, noise=10.0)
+    Wt, bt = torch.as_tensor(W), torch.as_tensor(b)
+    splits = {}
+    for name, (feats, labels) in {"train": (h, y), "test": (ht, yt)}.items():
+        split = SplitStatistics(K, penultimate="features")
+        ft, lt = torch.as_tensor(feats), torch.as_tensor(labels)
+        for i in range(0, len(labels), 64):
+            split.update({"features": ft[i : i + 64]}, lt[i : i + 64], ft[i : i + 64] @ Wt.T + bt)
+        reference = None if name == "train" else splits["train"].class_means()
+        ref_means = None if reference is None else reference["features"][0]
+        split.finish(reference, replay_accumulators={
+            "features": {"per_class": lambda cs, ref=ref_means: PerClassReplay(cs.means, cs.counts, ref)}
+        })
+        splits[name] = split
+        rows = per_class_breakdown(split.layers["features"], split.logits.labels, split.logits.predictions,
+                                   split.logits.margins, W, b, split.extras["features"]["per_class"])
+        metrics = split_metrics(split, "features", Wt)
+        assert sum(r["nc1_share"] for r in rows) == pytest.approx(metrics["nc1"], rel=1e-12)
+        assert sum(r["ncc_error"] * r["n"] for r in rows) == pytest.approx(split.ncc["features"].errors, abs=1e-9)
+        assert sum(r["errors"] for r in rows) == split.logits.errors
