@@ -26,7 +26,7 @@ import torch
 
 import ncbounds
 from ncbounds.bounds.base import replay_requests
-from ncbounds.bounds.binomial import clopper_pearson
+from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
 from ncbounds.bounds.runner import run_bounds, select_bounds
 from ncbounds.errors import CheckpointError, DataError, NCBoundsError, UsageError

@@ -1,4 +1,4 @@
-"""Tests for ncbounds.bounds.binomial: kl, kl⁻¹ (true end points), Clopper–Pearson, binomial-kl."""
+"""Tests for ncbounds.stats.binomial: kl, kl⁻¹ (true end points), Clopper–Pearson, binomial-kl."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ncbounds.bounds.binomial import (
+from ncbounds.stats.binomial import (
     binomial_kl_upper,
     clopper_pearson,
     clopper_pearson_upper,

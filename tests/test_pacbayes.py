@@ -31,7 +31,7 @@ from ncbounds.stats import ClassStats
 
 
 def kl_ref(q: float, p: float) -> float:
-    """Textbook Bernoulli kl (independent of ncbounds.bounds.binomial)."""
+    """Textbook Bernoulli kl (independent of ncbounds.stats.binomial)."""
     out = 0.0
     if q > 0:
         out += q * math.log(q / p)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ncbounds.bounds.base import BoundResult, register
-from ncbounds.bounds.binomial import binomial_kl_upper, clopper_pearson_upper
+from ncbounds.stats.binomial import binomial_kl_upper, clopper_pearson_upper
 from ncbounds.bounds.context import BoundContext
 
 _BOUNDS = "population 0-1 error of the network"

@@ -21,7 +21,7 @@ Pérez-Ortiz et al. (github.com/mperezortiz/PBB, ``pbb/bounds.py``, ``compute_fi
 ``inv_kl(error_01, log(2/δ_test)/mc_samples)`` then ``inv_kl(·, (kl + log(2√n/δ))/n)``). Two
 differences, both on the safe side: each Monte-Carlo draw here is one weight vector evaluated on the
 *whole* training split (the i.i.d. [0, 1]-valued draws the sample-convergence bound assumes), and
-kl⁻¹ returns a certified upper end (:func:`ncbounds.bounds.binomial.kl_inverse_upper`) rather than a
+kl⁻¹ returns a certified upper end (:func:`ncbounds.stats.binomial.kl_inverse_upper`) rather than a
 bisection midpoint.
 
 Bound modules never touch data or devices: the Monte-Carlo errors come from ``ctx.gibbs`` (see
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ncbounds.bounds.base import BoundResult, register
-from ncbounds.bounds.binomial import kl_inverse_upper
+from ncbounds.stats.binomial import kl_inverse_upper
 from ncbounds.bounds.context import BoundContext
 
 __all__ = [

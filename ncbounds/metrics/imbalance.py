@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from ncbounds.bounds.binomial import clopper_pearson
+from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.errors import StatisticsError, UsageError
 from ncbounds.metrics.collapse import separation_fuzziness
 from ncbounds.metrics.conventions import CANONICAL

@@ -31,7 +31,7 @@ import math
 import numpy as np
 import torch
 
-from ncbounds.bounds.binomial import clopper_pearson
+from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.errors import UsageError
 from ncbounds.metrics.collapse import collapse_metrics, etf_error
 from ncbounds.metrics.conventions import CANONICAL

@@ -19,7 +19,7 @@ Summary over E episodes with errors e_1..e_E:
   P(ē ≤ q) ≤ exp(−E·kl(q‖μ)) (q ≤ μ) of a binomial proportion holds for ē as well (Hoeffding 1963,
   Thm 1; Langford 2005, JMLR 6, Thm 3.3 in kl form), and inverting it gives the bound. It treats the
   target features as fixed: it certifies the Monte Carlo mean, not an average over new draws of the
-  target test set. kl⁻¹ is :func:`ncbounds.bounds.binomial.kl_inverse_upper` (a true upper end).
+  target test set. kl⁻¹ is :func:`ncbounds.stats.binomial.kl_inverse_upper` (a true upper end).
 
 Cost: the sampled indices are drawn first (E·N uniform numbers per setting), then prototypes and
 distances are computed in chunks of episodes with batched matrix products; memory stays under
@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from ncbounds.bounds.binomial import clopper_pearson, kl_inverse_upper
+from ncbounds.stats.binomial import clopper_pearson, kl_inverse_upper
 from ncbounds.errors import DataError, StatisticsError, UsageError
 from ncbounds.transfer._checks import class_means, features_2d
 

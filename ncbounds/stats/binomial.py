@@ -1,4 +1,7 @@
-"""Binomial confidence bounds and the Bernoulli-kl inverse (DESIGN §6, test-set certificates).
+"""Binomial confidence bounds and the Bernoulli-kl inverse (Clopper & Pearson 1934; Langford 2005).
+
+Used for the measured errors' intervals, the test-set certificates and inside the PAC-Bayes bounds; they sit
+with the statistics because every layer above (metrics, bounds, transfer, reports) needs them.
 
 Pure float64 functions, vectorised over numpy arrays (scalars in, Python floats out).
 
