@@ -111,30 +111,30 @@ def _json_object(text: str | None, what: str) -> dict:
     return value
 
 
+def _annotation_type(annotation: str):
+    text = str(annotation)
+    return int if text.startswith("int") else float if text.startswith("float") else str
+
+
 def evaluation_options(func):
-    """Options shared by `report` and `batch`."""
-    opts = [
-        click.option("--arch", help="Architecture spec: mlp:width=512, resnet18-cifar, file.py:Class, pkg.mod:factory."),
-        click.option("--arch-kwargs", help="JSON object of architecture keyword arguments."),
-        click.option("--data", "data", help="Data spec: digits, mnist1d, gaussian-etf:K=10,d=64, npz:FILE, cifar10:ROOT, features:FILE."),
-        click.option("--layers", help="Extra layers to measure: NAME,NAME or 'all' (the penultimate layer is always measured)."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]."),
-        click.option("--batch-size", default=256, show_default=True, type=int),
-        click.option("--conv-reduce", type=click.Choice(["avg", "flatten"]), default="avg", show_default=True, help="Reduction of conv feature maps."),
-        click.option("--convention", default="canonical", show_default=True, help="Metric convention (see `ncbounds conventions`)."),
-        click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling (only for checkpoints from a trusted source)."),
-        click.option("--trust-code", is_flag=True,
-                     help="Let sidecars name Python files / import paths as architectures and paths outside their folder "
-                          "(only for folders you trust)."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--bounds", default="default", show_default=True,
-                     help="Bounds: default (all but Monte-Carlo ones), all, none, certificates, predictors, a group or NAME,NAME."),
-        click.option("--delta", default=0.05, show_default=True, type=float, help="Failure probability of each certificate."),
-        click.option("--init", "init", help="Checkpoint at initialization (prior centre / distance-to-init terms)."),
-        click.option("--mc-samples", default=100, show_default=True, type=int, help="Monte-Carlo weight draws for PAC-Bayes."),
-        click.option("--shots", help="m values for the m-shot transfer bounds, e.g. 1,5,10 (default: training samples per class)."),
-        click.option("--amp", is_flag=True, help="Run the forward pass under mixed precision (statistics stay float64)."),
-    ]
+    """The options shared by ``report`` and ``batch``, one per field of :class:`ncbounds.options.EvalOptions`."""
+    from ncbounds.options import option_fields
+
+    opts = []
+    for f in option_fields():
+        meta = f.metadata
+        if meta["flag"] is None:
+            continue
+        kind = meta["kind"]
+        if kind == "flag":
+            opts.append(click.option(meta["flag"], f.name, is_flag=True, help=meta["help"]))
+        elif kind == "bound_options":
+            opts.append(click.option(meta["flag"], f.name, multiple=True, metavar="NAME.KEY=VALUE", help=meta["help"]))
+        elif kind in ("json", "shots") or f.default is None:
+            opts.append(click.option(meta["flag"], f.name, help=meta["help"]))
+        else:
+            kind_type = click.Choice(meta["choices"]) if meta["choices"] else _annotation_type(f.type)
+            opts.append(click.option(meta["flag"], f.name, type=kind_type, default=f.default, show_default=True, help=meta["help"]))
     for opt in reversed(opts):
         func = opt(func)
     return func
@@ -154,14 +154,35 @@ def _shots(text: str | None):
     return values
 
 
+def _bound_options(items) -> dict:
+    """``("pacbayes_gauss.screen=4", "jiang-flatness.mc_samples=20")`` → ``{"pacbayes_gauss": {"screen": 4}, …}``."""
+    from ncbounds.errors import UsageError
+    from ncbounds.models.spec import parse_value
+
+    out: dict = {}
+    for item in items or ():
+        target, dot, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not (dot and eq and target.strip() and key.strip()):
+            raise UsageError(f"--bound-option takes NAME.KEY=VALUE (e.g. pacbayes_gauss.mc_delta_fraction=0.3), not {item!r}.")
+        out.setdefault(target.strip(), {})[key.strip()] = parse_value(value)
+    return out
+
+
 def _options_from(kw: dict):
-    from ncbounds.pipeline import EvalOptions
+    """The :class:`EvalOptions` of the shared options' values (parsed as their field's kind says)."""
+    from ncbounds.options import EvalOptions, option_fields
 
-    return EvalOptions(
-        bounds=kw["bounds"], delta=kw["delta"], init=kw["init"], mc_samples=kw["mc_samples"], shots=_shots(kw["shots"]), amp=kw["amp"],
-        arch=kw["arch"], arch_kwargs=_json_object(kw["arch_kwargs"], "--arch-kwargs"), data=kw["data"],
-        layers=kw["layers"], device=kw["device"], batch_size=kw["batch_size"], conv_reduce=kw["conv_reduce"],
-        convention=kw["convention"], trust_checkpoint=kw["trust_checkpoint"], trust_code=kw["trust_code"], seed=kw["seed"],
-    )
-
-
+    values = {}
+    for f in option_fields():
+        if f.metadata["flag"] is None or f.name not in kw:
+            continue
+        kind, value = f.metadata["kind"], kw[f.name]
+        if kind == "json":
+            value = _json_object(value, f.metadata["flag"])
+        elif kind == "shots":
+            value = _shots(value)
+        elif kind == "bound_options":
+            value = _bound_options(value)
+        values[f.name] = value
+    return EvalOptions(**values)

@@ -101,14 +101,14 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ncbounds.errors import Interrupted, NCBoundsError, UsageError
 from ncbounds.io.output import temporary_target, write_atomic
 from ncbounds.io.sidecar import read_sidecar
-from ncbounds.pipeline import EvalOptions
+from ncbounds.options import EvalOptions, option_fields
 from ncbounds.progress import Progress
 
 __all__ = [
@@ -144,7 +144,7 @@ RESULTS_DIRNAME = "ncbounds-results"
 #: Suffix of a failure record (``NAME.error.json``); a success record is ``NAME.json``.
 ERROR_SUFFIX = ".error.json"
 #: EvalOptions fields left out of :func:`options_hash` (they cannot change the numbers beyond rounding).
-IDENTITY_EXCLUDED = frozenset({"device", "batch_size", "trust_checkpoint", "trust_code", "progress", "debug"})
+IDENTITY_EXCLUDED = frozenset(f.name for f in option_fields() if not f.metadata["identity"])
 
 _NON_MODEL_STEMS = frozenset({"optimizer", "scheduler", "scaler", "training_args"})
 _LOCK_NAME = ".ncbounds-batch.lock"
@@ -344,20 +344,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 def options_hash(options: EvalOptions, bound_names: list[str] | None = None) -> str:
-    """SHA-256 of the canonical JSON of the evaluation options that affect the numbers.
-
-    Every :class:`EvalOptions` field except :data:`IDENTITY_EXCLUDED`; ``bounds`` is replaced by the
-    sorted ``bound_names`` it selects (resolved with ``select_bounds`` when not given).
-    """
+    """SHA-256 of the canonical JSON of :meth:`EvalOptions.identity` (the options that affect the numbers;
+    ``bounds`` replaced by the sorted ``bound_names`` it selects, resolved when not given)."""
     if bound_names is None:
         from ncbounds.bounds.runner import select_bounds
 
         bound_names = select_bounds(options.bounds)
-    values = {k: v for k, v in asdict(options).items() if k not in IDENTITY_EXCLUDED}
-    values["bounds"] = sorted(bound_names)
-    if values.get("shots") is not None:
-        values["shots"] = list(values["shots"])
-    return _sha256_text(_canonical(values))
+    return _sha256_text(_canonical(options.identity(bound_names)))
 
 
 def sidecar_hash(checkpoint: str | Path) -> str | None:
@@ -750,22 +743,14 @@ BACKENDS = ("local", "ray")
 
 def _validate(options: EvalOptions, jobs: int | None, backend: str = "local") -> list[str]:
     """Global checks before any work (a bad option is one usage error, not N failures); returns bound names."""
-    from ncbounds.bounds.runner import select_bounds
-    from ncbounds.metrics.conventions import get_convention
     from ncbounds.pipeline import resolve_device
 
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
-        raise UsageError(f"--jobs must be a positive integer, got {jobs}.")
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {options.batch_size}.")
-    if not 0 < options.delta < 1:
-        raise UsageError(f"--delta must lie strictly between 0 and 1, got {options.delta}.")
-    get_convention(options.convention)
+        raise UsageError(f"jobs (--jobs) must be a positive integer, got {jobs}.")
+    selected = options.validate()
     if backend == "local":
-        resolve_device(options.device)
-    elif not (options.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", options.device)):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], not {options.device!r}.")  # the workers resolve it
-    return select_bounds(options.bounds)
+        resolve_device(options.device)  # the Ray workers resolve it on their own devices
+    return selected
 
 
 def _validate_backend(backend: str, options: EvalOptions, address, cpus_per_task, gpus_per_task) -> tuple[float, float]:

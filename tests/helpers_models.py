@@ -163,3 +163,13 @@ def eval_copy(model: nn.Module) -> nn.Module:
 
 #: The ``tests/`` folder (put on ``PYTHONPATH`` of subprocesses so pickled helper classes import).
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def bound_settings(raw: dict | None) -> dict:
+    """Typed per-bound settings from ``{bound or group: {key: value}}``, as ``--bound-option`` gives them."""
+    from ncbounds.bounds.runner import load_catalogue, resolve_bound_options
+
+    raw = raw or {}
+    catalogue = load_catalogue()
+    selected = [n for n, s in catalogue.items() if n in raw or s.group in raw]
+    return resolve_bound_options(raw, selected)

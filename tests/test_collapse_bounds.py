@@ -7,15 +7,16 @@ import math
 
 import numpy as np
 import pytest
+from helpers_models import bound_settings
 import torch
 
 from ncbounds.bounds import collapse_bounds as cb
 from ncbounds.bounds import predictors as pr
-from ncbounds.bounds.base import REGISTRY, REPLAY
+from ncbounds.bounds.base import REGISTRY, REPLAY, ReplayInfo
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
 from ncbounds.metrics.collapse import collapse_metrics
 from ncbounds.stats import ClassStats, ProjectedStats
-from ncbounds.stats.moments import ClassMoments
+from ncbounds.bounds.replay.moments import ClassMoments
 
 ALPHA, BETA = 0.0728605240583419, 1.672136664390564
 PUBLISHED_OLD = {1: 29.11436, 5: 8.19605, 10: 5.66635, 20: 4.16672, 50: 2.94537, 100: 2.33454, 200: 1.88640, 500: 1.45917}
@@ -61,9 +62,9 @@ def _summary(h, y, K, projected=True, moments=True, scatter_mode="none", batch=3
     return SplitSummary(n=len(y), errors=None, margins=None, stats=stats, projected=proj, metrics=metrics, extras=extras)
 
 
-def _ctx(train, test, K, shots=None, layerwise=None, layer_fuzziness=None, extra=None):
+def _ctx(train, test, K, shots=None, layerwise=None, layer_fuzziness=None, bound=None):
     return BoundContext(num_classes=K, train=train, test=test,
-                        options=BoundOptions(shots=shots, extra=extra or {}),
+                        options=BoundOptions(shots=shots, bound=bound_settings(bound)),
                         layerwise=layerwise or {}, layer_fuzziness=layer_fuzziness or [])
 
 
@@ -281,7 +282,7 @@ def test_replay_is_registered_for_luthra_new():
     spec = REPLAY[cb.MOMENTS_KEY]
     assert "luthra_new" in spec.needed_by and set(spec.splits) == {"train", "test"}
     h, y = _features(3, 4, [5, 5, 5], 2)
-    assert isinstance(spec.factory(ClassStats(3, 4, "none").update(h, y), {"split": "test"}), ClassMoments)
+    assert isinstance(spec.factory(ClassStats(3, 4, "none").update(h, y), ReplayInfo(split="test")), ClassMoments)
 
 
 def test_registry_entries():
@@ -360,10 +361,10 @@ def test_default_shots_are_the_smallest_training_class_count():
 
 def test_training_split_can_be_chosen():
     ctx, _ = _standard_ctx()
-    ctx.options.extra["collapse_split"] = "train"
+    ctx.options.bound["luthra_new"] = cb.CollapseBoundOptions(split="train")
     res = cb.luthra_new(ctx)
     assert res.inputs["split"] == "train" and res.value is not None
-    ctx.options.extra["collapse_split"] = "valid"
+    ctx.options.bound["luthra_new"] = cb.CollapseBoundOptions(split="valid")
     assert cb.luthra_new(ctx).status == "not-applicable"
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ncbounds
+from ncbounds.pipeline import run_evaluation
 from ncbounds.models import build_model
 from ncbounds.stats.split import SplitStatistics
 
@@ -94,9 +95,10 @@ def test_streaming_update_never_synchronizes_the_host():
 
 def test_amp_keeps_statistics_float64(tmp_path):
     path = str(_trained_mlp(tmp_path / "mlp.pt"))
-    rec = ncbounds.evaluate(path, arch=ARCH, data="digits", device="cuda", amp=True, bounds="none")
+    run = run_evaluation(path, arch=ARCH, data="digits", device="cuda", amp=True, bounds="none")
+    rec = run.record
     assert any("mixed precision" in n for n in rec.notes)
-    stats = rec.context["splits"]["train"].layers["penultimate"]
+    stats = run.splits["train"].layers["penultimate"]
     assert stats.means.dtype == torch.float64
     ref = ncbounds.evaluate(path, arch=ARCH, data="digits", device="cpu", bounds="none")
     assert rec.metric("nc1", "train") == pytest.approx(ref.metric("nc1", "train"), rel=2e-2)

@@ -16,11 +16,11 @@ from scipy.optimize import linprog
 from scipy.stats import norm
 
 from ncbounds.bounds import nc_certificates as nc
-from ncbounds.bounds.base import REGISTRY, REPLAY
+from ncbounds.bounds.base import REGISTRY, REPLAY, ReplayInfo
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
 from ncbounds.stats.class_stats import ClassStats
-from ncbounds.stats.decision_axes import AffineRule, DecisionAxisStats, decision_axes_factory
-from ncbounds.stats.pair_moments import PairMoments, pair_moments_factory
+from ncbounds.bounds.replay.decision_axes import AffineRule, DecisionAxisStats, decision_axes_factory
+from ncbounds.bounds.replay.pair_moments import PairMoments, pair_moments_factory
 
 # ------------------------------------------------------------------------------------------------
 # helpers
@@ -80,7 +80,7 @@ def test_decision_axis_stats_equal_bruteforce_and_merge(K, d):
     W, b = rng.normal(size=(K, d)), rng.normal(size=K)
     train_means = means + rng.normal(size=(K, d)) * 0.3
     stats = ClassStats(K, d, "none").update(x, y)
-    info = {"head": (torch.as_tensor(W), torch.as_tensor(b)), "reference_means": torch.as_tensor(train_means)}
+    info = ReplayInfo("test", head=(torch.as_tensor(W), torch.as_tensor(b)), reference_means=torch.as_tensor(train_means))
     whole = _feed(decision_axes_factory(stats, info), x, y, np.random.default_rng(1))
     parts = [decision_axes_factory(stats, info) for _ in range(3)]
     for part, idx in zip(parts, np.array_split(np.arange(n), 3), strict=True):
@@ -207,9 +207,9 @@ def test_split_certificate_covers_the_population_error_of_a_fixed_head_and_ncc()
         y = rng.choice(2, size=n, p=pi)
         x = mu[y] + sigma * rng.normal(size=(n, d))
         test = ClassStats(2, d, "none").update(x, y)
-        info = {"head": (torch.as_tensor(W), torch.as_tensor(b)), "reference_means": (train.means, train.counts > 0)}
+        info = ReplayInfo("test", head=(torch.as_tensor(W), torch.as_tensor(b)), reference_means=train.means, reference_present=train.counts > 0)
         das = _feed(decision_axes_factory(test, info), x, y, rng, max_batch=n)  # centre: mean of the training means
-        ctx = _context(2, train, test, {"decision_axes": das}, delta=delta, head=info["head"])
+        ctx = _context(2, train, test, {"decision_axes": das}, delta=delta, head=info.head)
         r_head, r_ncc = nc.nc_split_certificate(ctx), nc.nc_split_certificate_ncc(ctx)
         assert r_head.status == "certificate" and r_ncc.status == "certificate"
         assert r_head.delta == delta
@@ -243,9 +243,9 @@ def test_split_certificate_k3_absent_test_class_and_degenerate_pair():
     x = mu[y] + rng.normal(size=(4000, d))
     test = ClassStats(K, d, "none").update(x, y)
     train = ClassStats(K, d, "none").update(mu, np.arange(K))
-    info = {"head": (torch.as_tensor(W), torch.as_tensor(b)), "reference_means": torch.as_tensor(mu)}
+    info = ReplayInfo("test", head=(torch.as_tensor(W), torch.as_tensor(b)), reference_means=torch.as_tensor(mu))
     das = _feed(decision_axes_factory(test, info), x, y, rng, max_batch=800)
-    ctx = _context(K, train, test, {"decision_axes": das}, head=info["head"])
+    ctx = _context(K, train, test, {"decision_axes": das}, head=info.head)
     res = nc.nc_split_certificate(ctx)
     tab = nc.split_certificate(das, "head", 0.05)
     assert tab["pair_term"][0, 1] == 0.0 and tab["pair_term"][1, 0] == 1.0  # decided without data
@@ -267,14 +267,14 @@ def test_ncc_certificate_with_a_class_absent_from_training():
     y = rng.integers(0, K, n)
     x = mu[y] + rng.normal(size=(n, d))
     test = ClassStats(K, d, "none").update(x, y)
-    with_mask = decision_axes_factory(test, {"head": None, "reference_means": (train.means, train.counts > 0)}).update(x, y)
+    with_mask = decision_axes_factory(test, ReplayInfo("test", reference_means=train.means, reference_present=train.counts > 0)).update(x, y)
     rule = with_mask.rules["ncc"]
     assert rule.active.tolist() == [True, True, False]
     tab = nc.split_certificate(with_mask, "ncc", 0.05)
     assert tab["class_bound"][2] == 1.0 and np.all(tab["pair_term"][:, 2] == 0)  # never predicted
     assert tab["class_bound"][0] < 1.0
     # without the mask the zero row is both a competitor and uncertified (conservative both ways)
-    no_mask = decision_axes_factory(test, {"head": None, "reference_means": train.means}).update(x, y)
+    no_mask = decision_axes_factory(test, ReplayInfo("test", reference_means=train.means)).update(x, y)
     assert no_mask.rules["ncc"].active.all() and no_mask.rules["ncc"].certify.tolist() == [True, True, False]
     tab2 = nc.split_certificate(no_mask, "ncc", 0.05)
     assert tab2["class_bound"][2] == 1.0 and np.all(tab2["pair_term"][:2, 2] > 0)
@@ -403,14 +403,14 @@ def test_registration_and_not_applicable_cases():
     x = rng.normal(size=(K, d))[y] * 3 + rng.normal(size=(300, d))
     stats = ClassStats(K, d, "none").update(x, y)
     # no head: only the NCC variant
-    das = _feed(decision_axes_factory(stats, {"head": None, "reference_means": stats.means}), x, y)
+    das = _feed(decision_axes_factory(stats, ReplayInfo("test", reference_means=stats.means)), x, y)
     assert set(das.rules) == {"ncc"}
     pm = _feed(pair_moments_factory(stats, {}), x, y)
     ctx = _context(K, stats, stats, {"decision_axes": das, "pair_moments": pm})
     head = nc.nc_split_certificate(ctx)
     assert head.status == "not-applicable" and head.value is None and "no linear head" in head.reason
     assert nc.nc_split_certificate_ncc(ctx).status == "certificate"
-    assert decision_axes_factory(stats, {"head": None, "reference_means": None}) is None
+    assert decision_axes_factory(stats, ReplayInfo("test")) is None
     # nothing collected
     bare = _context(K, stats, stats, {})
     for f in (nc.nc_split_certificate, nc.nc_split_certificate_ncc, nc.nc_cantelli, nc.gaussian_ncc):

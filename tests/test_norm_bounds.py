@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers_models import bound_settings
 import torch
 from torch import nn
 
@@ -44,6 +45,7 @@ def make_ctx(model, x, y, K, input_shape, init_state=None, xt=None, yt=None, **o
     xt, yt = (x, y) if xt is None else (xt, yt)
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     sq = (flat**2).sum(1)
+    opts["bound"] = bound_settings(opts.get("bound"))
     return BoundContext(num_classes=K, train=_summary(model, x, y, K), test=_summary(model, xt, yt, K), options=BoundOptions(**opts),
                         model=model, init_state=init_state, input_shape=tuple(input_shape),
                         input_norms={"sum_sq": float(sq.sum()), "max": float(np.sqrt(sq.max())), "m": len(x)})
@@ -375,9 +377,9 @@ def test_norm_bounds_on_trained_digits_mlp(digits_mlp):
         assert {"gamma", "complexity_term"} <= set(res.details)
         assert res.inputs["bias_handling"] != "no biases"
     # with a bound on every input's norm Neyshabur et al.'s bound is a certificate; a too small one is refused
-    big = make_ctx(model, x, y, 10, (64,), extra={"input_norm_bound": 16.0 * 8})
+    big = make_ctx(model, x, y, 10, (64,), bound={"neyshabur2018": {"input_norm_bound": 16.0 * 8}})
     assert REGISTRY["neyshabur2018"].func(big).status == "certificate"
-    small = make_ctx(model, x, y, 10, (64,), extra={"input_norm_bound": 1.0})
+    small = make_ctx(model, x, y, 10, (64,), bound={"neyshabur2018": {"input_norm_bound": 1.0}})
     assert REGISTRY["neyshabur2018"].func(small).status == "not-applicable"
     # reference matrices at initialization
     res = norm_margin.bartlett2017(make_ctx(model, x, y, 10, (64,), init_state=init_state))
@@ -465,7 +467,7 @@ def test_jiang_measures_normalizations(digits_mlp):
     for name, value in expected.items():
         res = REGISTRY[name].func(ctx)
         assert res.status == "predictor" and res.value == pytest.approx(value, rel=1e-10), name
-    reshaped = make_ctx(model, x, y, 10, (64,), extra={"jiang_spectral_norm": "reshaped"})
+    reshaped = make_ctx(model, x, y, 10, (64,), bound={"jiang": {"spectral_norm": "reshaped"}})
     assert jiang_norms.jiang_prod_of_spec(reshaped).value == pytest.approx(expected["jiang_prod_of_spec"], rel=1e-10)
 
 

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers_models import bound_settings
 import torch
 from scipy.optimize import brentq
 from torch import nn
@@ -51,9 +52,9 @@ def summary(n: int, errors: int | None, K: int = 10) -> SplitSummary:
 
 
 def make_ctx(model=None, gibbs=None, init_state=None, n_train=1000, train_errors=0, n_test=500, test_errors=0, **opts):
-    extra = opts.pop("extra", {})
+    bound = bound_settings(opts.pop("bound", {}))
     return BoundContext(num_classes=10, train=summary(n_train, train_errors), test=summary(n_test, test_errors),
-                        options=BoundOptions(extra=extra, **opts), model=model, init_state=init_state, gibbs=gibbs)
+                        options=BoundOptions(bound=bound, **opts), model=model, init_state=init_state, gibbs=gibbs)
 
 
 def const_model(value: float = 0.5, shape=(3, 4)) -> nn.Module:
@@ -83,7 +84,7 @@ class FakeOracle:
 def test_two_step_certificate_matches_hand_computation():
     model = const_model(0.5)  # 12 weights 0.5, 3 biases −0.5 → ‖w‖² = 15·0.25 = 3.75
     oracle = FakeOracle(lambda s, mag: 0.005, m=1000)
-    ctx = make_ctx(model, oracle, n_train=1000, mc_samples=100, delta=0.05, extra={"pacbayes_sigma_grid": (0.1,)})
+    ctx = make_ctx(model, oracle, n_train=1000, mc_samples=100, delta=0.05, bound={"pacbayes_gauss": {"sigma_grid": (0.1,)}})
     res = pacbayes_gauss(ctx)
 
     # by hand: one σ → δ_MC = δ_PB = 0.025; ê = 5/1000
@@ -113,9 +114,9 @@ def test_union_bound_over_grid_is_paid():
 
     grid = (1.0, 0.3, good, 0.03, 0.01, 0.003)
     G = len(grid)
-    full = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05, extra={"pacbayes_sigma_grid": grid}))
-    single_at_delta_over_G = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05 / G, extra={"pacbayes_sigma_grid": (good,)}))
-    single_at_delta = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05, extra={"pacbayes_sigma_grid": (good,)}))
+    full = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05, bound={"pacbayes_gauss": {"sigma_grid": grid}}))
+    single_at_delta_over_G = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05 / G, bound={"pacbayes_gauss": {"sigma_grid": (good,)}}))
+    single_at_delta = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05, bound={"pacbayes_gauss": {"sigma_grid": (good,)}}))
     assert full.details["sigma"] == good
     assert full.value == pytest.approx(single_at_delta_over_G.value, rel=1e-12)
     assert full.value > single_at_delta.value  # the ln G is visible
@@ -131,8 +132,8 @@ def test_screening_only_selects_and_still_pays_the_whole_grid():
     model = const_model(0.05)
     grid = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
     oracle = FakeOracle(lambda s, mag: 0.02 if s == 0.1 else 0.9)
-    res = pacbayes_gauss(make_ctx(model, oracle, extra={"pacbayes_sigma_grid": grid, "pacbayes_screen": 4, "pacbayes_refine": 1}))
-    plain = pacbayes_gauss(make_ctx(model, FakeOracle(oracle.rate), extra={"pacbayes_sigma_grid": grid}))
+    res = pacbayes_gauss(make_ctx(model, oracle, bound={"pacbayes_gauss": {"sigma_grid": grid, "screen": 4, "refine": 1}}))
+    plain = pacbayes_gauss(make_ctx(model, FakeOracle(oracle.rate), bound={"pacbayes_gauss": {"sigma_grid": grid}}))
     assert res.details["sigma"] == 0.1 and res.value == pytest.approx(plain.value, rel=1e-12)
     assert [c[1] for c in oracle.calls] == [4] * len(grid) + [100]
     assert len({c[2] for c in oracle.calls}) == len(grid) + 1  # screening draws are not reused
@@ -142,16 +143,16 @@ def test_kl_with_and_without_init():
     model = const_model(0.5)
     init = {"weight": torch.full((3, 4), 0.25), "bias": torch.zeros(3)}
     oracle = FakeOracle(lambda s, mag: 0.0)
-    grid = {"pacbayes_sigma_grid": (0.2,)}
-    with_init = pacbayes_gauss(make_ctx(model, oracle, init_state=init, extra=grid))
-    without = pacbayes_gauss(make_ctx(model, oracle, extra=grid))
+    grid = {"pacbayes_gauss": {"sigma_grid": (0.2,)}}
+    with_init = pacbayes_gauss(make_ctx(model, oracle, init_state=init, bound=grid))
+    without = pacbayes_gauss(make_ctx(model, oracle, bound=grid))
     assert with_init.details["kl"] == pytest.approx((12 * 0.25**2 + 3 * 0.25) / (2 * 0.04))
     assert without.details["kl"] == pytest.approx(3.75 / (2 * 0.04))
     assert with_init.inputs["prior_centre"].startswith("initialization")
     assert without.inputs["prior_centre"].startswith("zero (no initialization")
     assert with_init.value < without.value
     # an init_state that does not match falls back to the zero centre and says why
-    bad = pacbayes_gauss(make_ctx(model, oracle, init_state={"weight": torch.zeros(2, 2)}, extra=grid))
+    bad = pacbayes_gauss(make_ctx(model, oracle, init_state={"weight": torch.zeros(2, 2)}, bound=grid))
     assert "do not match" in bad.inputs["prior_centre"] and bad.details["kl"] == pytest.approx(without.details["kl"])
 
 

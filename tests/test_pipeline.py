@@ -28,6 +28,7 @@ from helpers_models import (
 )
 
 import ncbounds
+from ncbounds.pipeline import run_evaluation
 from ncbounds.errors import UsageError
 from ncbounds.features import PENULTIMATE, FeatureExtractor
 from ncbounds.io.datasets import Split, iterate_batches, load_data
@@ -358,14 +359,14 @@ def test_sharded_statistics_merge_to_one_pass(model, scatter_mode):
 
 
 def test_pipeline_statistics_equal_one_pass(model, ckpt_dir):
-    """The statistics the pipeline keeps (record.context) equal a one-pass ClassStats of the same batches."""
+    """The statistics the pipeline keeps (run_evaluation(...).splits) equal a one-pass ClassStats of the same batches."""
     path = ckpt_dir / "context.pt"
     torch.save(model.state_dict(), path)
-    record = evaluate(path, arch=ARCH, batch_size=37)
+    run = run_evaluation(str(path), arch=ARCH, batch_size=37, data=DATA, layers="all", device="cpu")
     xtr, ytr, _, _ = digits_split()
     batches = list(_pipeline_batches(model, Split(xtr.copy(), ytr.copy())))
     for layer in (PENULTIMATE, "features.1"):
-        kept = record.context["splits"]["train"].layers[layer]
+        kept = run.splits["train"].layers[layer]
         one = ClassStats(10, kept.dim, "per-class", name=layer)
         for feats, y in batches:
             one.update(feats[layer], y)

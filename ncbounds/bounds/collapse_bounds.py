@@ -1,4 +1,4 @@
-"""Neural-collapse bounds on the m-shot nearest-class-center (NCC) error (DESIGN §6, group 'collapse').
+"""Neural-collapse bounds on the m-shot nearest-class-center (NCC) error (group 'collapse').
 
 Setting shared by all three bounds: C' classes; for each class m labelled samples ("shots") are drawn,
 their means μ̂_c form an NCC classifier, and a fresh sample x of class i is misclassified when some
@@ -8,7 +8,8 @@ moments, all **population** quantities. We plug in the estimates of one split �
 **test** split: its features were not fitted, so they estimate the population of the evaluated
 classes better than the (collapsed, over-fitted) training features — hence status ``plug-in`` (or
 ``up-to-constants`` where the published constant could not be confirmed). ``inputs['split']`` records
-the split; ``BoundOptions.extra['collapse_split'] = 'train'`` switches to the training split.
+the split; the bound option ``split`` (:class:`CollapseBoundOptions`, e.g. ``--bound-option
+collapse.split=train``) switches to the training split.
 
 m: every value of ``ctx.options.shots`` (default: the smallest training class count,
 ``ctx.samples_per_class``). ``value`` is the bound for the first m; ``details['per_m']`` holds all.
@@ -26,15 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ncbounds.bounds.base import BoundResult, register, register_replay
+from ncbounds.bounds.base import Evaluation, NotApplicable, register
 from ncbounds.bounds.context import BoundContext, SplitSummary
-from ncbounds.errors import StatisticsError
+from ncbounds.bounds.replay.moments import CLASS_MOMENTS, ClassMoments
+from ncbounds.errors import UsageError
 from ncbounds.metrics.collapse import cdnv, directional_cdnv
-from ncbounds.stats.class_stats import ClassStats
-from ncbounds.stats.moments import ClassMoments
 from ncbounds.stats.projected import ProjectedStats
 
 __all__ = [
+    "CollapseBoundOptions",
     "galanti_bound",
     "luthra_new_bound",
     "luthra_new_inputs",
@@ -44,7 +45,22 @@ __all__ = [
     "MOMENTS_KEY",
 ]
 
-MOMENTS_KEY = "class_moments"
+MOMENTS_KEY = CLASS_MOMENTS.key
+
+
+@dataclass(frozen=True)
+class CollapseBoundOptions:
+    """Settings of the m-shot NCC bounds (``galanti2022``, ``luthra_old``, ``luthra_new``).
+
+    split: the split whose class statistics stand in for the population ('test', default: held-out
+        features; 'train': the fitted, usually more collapsed, features).
+    """
+
+    split: str = "test"
+
+    def validate(self) -> None:
+        if self.split not in ("train", "test"):
+            raise UsageError(f"bound option split must be 'train' or 'test', not {self.split!r}.")
 
 #: Shot count below which a third-party reimplementation of Luthra et al. refuses Thm 4.1 and
 #: Prop. 1 ("m >= 10"); we could not confirm this condition in the papers' text (see the reports).
@@ -60,14 +76,6 @@ REF_LUTHRA_OLD = ("Luthra, Yang & Galanti (2025), 'Self-supervised contrastive l
 REF_LUTHRA_NEW = ("Luthra, Salunkhe & Galanti (2026), 'Directional neural collapse explains few-shot transfer in "
                   "self-supervised learning', arXiv:2603.03530, Thm 4.1 (as in the authors' "
                   "bound_analysis/new_bound_core.py and eval_utils/geometry.py)")
-
-
-def _class_moments_factory(stats: ClassStats, info: dict | None = None) -> ClassMoments:
-    """Replay accumulator for Thm 4.1's fourth moments (``info`` unused: the split's own means)."""
-    return ClassMoments(stats)
-
-
-register_replay(MOMENTS_KEY, _class_moments_factory, splits=("train", "test"), needed_by=("luthra_new",))
 
 
 # ================================================================================================
@@ -176,10 +184,6 @@ def luthra_new_bound(vtilde, V, theta, v_i, v_j, d2, m, classes=None) -> float:
 # ================================================================================================
 # statistics → per-pair quantities
 # ================================================================================================
-class _NotApplicable(StatisticsError):
-    """The statistics cannot support the bound; the bound returns 'not-applicable' with this reason."""
-
-
 @dataclass
 class _Split:
     name: str
@@ -200,7 +204,7 @@ def _geometry(name: str, summary: SplitSummary) -> _Split:
     present = stats.counts > 0
     K = int(present.sum())
     if K < 2:
-        raise _NotApplicable(f"the {name} split has {K} class(es) with samples; an NCC bound needs at least two.")
+        raise _no_delta(f"the {name} split has {K} class(es) with samples; an NCC bound needs at least two.")
     means = stats.means[present].to(torch.float64)
     centered = means - means.mean(0)  # distances from the Gram of centered means (offset removed first)
     gram = centered @ centered.T
@@ -208,19 +212,20 @@ def _geometry(name: str, summary: SplitSummary) -> _Split:
     d2 = (diag.unsqueeze(0) + diag.unsqueeze(1) - 2.0 * gram).clamp(min=0.0).cpu().numpy()
     off = ~np.eye(K, dtype=bool)
     if (d2[off] <= 0).any():
-        raise _NotApplicable(f"two class means of the {name} split coincide, so the CDNV-type ratios are undefined.")
+        raise _no_delta(f"two class means of the {name} split coincide, so the CDNV-type ratios are undefined.")
     return _Split(name, summary, present, stats.counts[present].to(torch.float64).cpu().numpy(),
                   stats.sq_dev[present].cpu().numpy(), d2)
 
 
-def _split_name(ctx: BoundContext) -> str:
-    return str(ctx.options.extra.get("collapse_split", "test"))
+def _no_delta(reason: str, inputs: dict | None = None) -> NotApplicable:
+    """These bounds have no confidence step, so their results (applicable or not) carry no δ."""
+    return NotApplicable(reason, inputs, delta=None)
 
 
-def _choose_split(ctx: BoundContext) -> _Split:
-    name = _split_name(ctx)
+def _choose_split(ctx: BoundContext, opts: CollapseBoundOptions) -> _Split:
+    name = opts.split
     if name not in ("train", "test"):
-        raise _NotApplicable(f"options.extra['collapse_split'] must be 'train' or 'test', not {name!r}.")
+        raise _no_delta(f"bound option split must be 'train' or 'test', not {name!r}.")
     return _geometry(name, getattr(ctx, name))
 
 
@@ -229,11 +234,11 @@ def _shots(ctx: BoundContext) -> list[int]:
         shots = [int(m) for m in ctx.options.shots]
     else:
         if not bool((ctx.train.stats.counts > 0).any()):
-            raise _NotApplicable("the training split has no samples, so there is no default shot count; pass --shots.")
+            raise _no_delta("the training split has no samples, so there is no default shot count; pass --shots.")
         shots = [ctx.samples_per_class]
     bad = [m for m in shots if m < 1]
     if bad:
-        raise _NotApplicable(f"shot counts must be positive integers, got {bad}.")
+        raise _no_delta(f"shot counts must be positive integers, got {bad}.")
     return shots
 
 
@@ -255,11 +260,6 @@ def _pair_forms(split: _Split) -> np.ndarray | None:
     return None
 
 
-def _na(name: str, reference: str, reason: str, split: str | None = None) -> BoundResult:
-    return BoundResult(name, None, _BOUNDS, "not-applicable", reference,
-                       inputs={} if split is None else {"split": split}, reason=reason)
-
-
 def _small_m_note(shots: list[int]) -> str | None:
     small = [m for m in shots if m < _REPORTED_MIN_M]
     if not small:
@@ -271,8 +271,8 @@ def _small_m_note(shots: list[int]) -> str | None:
 # ================================================================================================
 # bounds
 # ================================================================================================
-@register("galanti2022", bounds=_BOUNDS, status="up-to-constants", group="collapse", reference=REF_GALANTI)
-def galanti2022(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="up-to-constants", group="collapse", reference=REF_GALANTI, options=CollapseBoundOptions)
+def galanti2022(ctx: BoundContext, opts: CollapseBoundOptions) -> Evaluation:
     """Galanti, György & Hutter (2022, ICLR) CDNV bound on the expected m-shot NCC error.
 
     Formula (published form, hidden constant set to 1):  err ≲ (C' − 1)·CDNV·(1 + 1/m), with
@@ -283,19 +283,15 @@ def galanti2022(ctx: BoundContext) -> BoundResult:
     appendix; the value is therefore a scale, not a guaranteed upper bound. It is also plug-in
     (population CDNV replaced by the split's estimate).
     """
-    name = "galanti2022"
-    try:
-        split = _choose_split(ctx)
-        shots = _shots(ctx)
-    except _NotApplicable as exc:
-        return _na(name, REF_GALANTI, str(exc))
+    split = _choose_split(ctx, opts)
+    shots = _shots(ctx)
     beta = cdnv(split.summary.stats)
     if beta is None:
-        return _na(name, REF_GALANTI, f"the CDNV of the {split.name} split is undefined (fewer than two classes or coinciding means).",
-                   split.name)
+        raise _no_delta(f"the CDNV of the {split.name} split is undefined (fewer than two classes or coinciding means).",
+                            {"split": split.name})
     per_m = {str(m): galanti_bound(beta, m, split.K) for m in shots}
-    return BoundResult(
-        name, per_m[str(shots[0])], _BOUNDS, "up-to-constants", REF_GALANTI,
+    return Evaluation(
+        per_m[str(shots[0])], delta=None,
         inputs={"split": split.name, "shots": shots, "classes": split.K, "cdnv": beta},
         reason=("the published few-shot bound holds up to an absolute constant (≲) that we could not confirm; "
                 "this is (C'−1)·CDNV·(1+1/m) with that constant set to 1, a scale rather than a guaranteed bound."),
@@ -303,8 +299,8 @@ def galanti2022(ctx: BoundContext) -> BoundResult:
     )
 
 
-@register("luthra_old", bounds=_BOUNDS, status="plug-in", group="collapse", reference=REF_LUTHRA_OLD)
-def luthra_old(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="plug-in", group="collapse", reference=REF_LUTHRA_OLD, options=CollapseBoundOptions)
+def luthra_old(ctx: BoundContext, opts: CollapseBoundOptions) -> Evaluation:
     """Luthra, Yang & Galanti (2025, NeurIPS, Prop. 1) directional-CDNV bound at its optimal a.
 
     Formula: 2-way E(a*) = α(½ − A/a*)⁻² + B·a*, A = 2 + 2^{3/2}/m, B = ¼(2√(β/m) + 2β/√m + β/m),
@@ -317,25 +313,21 @@ def luthra_old(ctx: BoundContext) -> BoundResult:
     Status: ``plug-in`` — rigorous for the population α, β; here the split's estimates are used.
     Reproduces the published values 29.11436, 8.19605, …, 1.45917 (m = 1 … 500) for the reference α, β.
     """
-    name = "luthra_old"
-    try:
-        split = _choose_split(ctx)
-        shots = _shots(ctx)
-    except _NotApplicable as exc:
-        return _na(name, REF_LUTHRA_OLD, str(exc))
+    split = _choose_split(ctx, opts)
+    shots = _shots(ctx)
     stats = split.summary.stats
     alpha = directional_cdnv(stats, projected=split.summary.projected)
     beta = cdnv(stats)
     if alpha is None or beta is None:
-        return _na(name, REF_LUTHRA_OLD,
-                   f"the directional CDNV of the {split.name} split needs per-class directional variances "
-                   "(a span-restricted replay or per-class scatter matrices), which were not collected.", split.name)
+        raise _no_delta(f"the directional CDNV of the {split.name} split needs per-class directional variances "
+                            "(a span-restricted replay or per-class scatter matrices), which were not collected.",
+                            {"split": split.name})
     per_m = {}
     for m in shots:
         two_way = luthra_old_bound(alpha, beta, m, classes=2)
         per_m[str(m)] = {"value": (split.K - 1) * two_way, "two_way": two_way, "a_opt": luthra_old_optimal_a(alpha, beta, m)}
-    return BoundResult(
-        name, per_m[str(shots[0])]["value"], _BOUNDS, "plug-in", REF_LUTHRA_OLD,
+    return Evaluation(
+        per_m[str(shots[0])]["value"], delta=None,
         inputs={"split": split.name, "shots": shots, "classes": split.K, "directional_cdnv": alpha, "cdnv": beta},
         reason=_small_m_note(shots),
         details={"per_m": per_m, "multiclass_factor": split.K - 1, "limit_m_inf_two_way": 4.0 * alpha},
@@ -348,7 +340,7 @@ def luthra_new_inputs(split_summary: SplitSummary, moments: ClassMoments | None,
     Conventions as in the authors' ``eval_utils/geometry.py``: Σ_i and v_i = tr Σ_i use the unbiased
     (n_i − 1) normalisation, so Ṽ_ij = pair_forms[i, j]/((n_i − 1)·d_ij⁴) and v_i = sq_dev_i/(n_i − 1);
     M4_i = (1/n_i)·Σ‖x − μ_i‖⁴ (plain mean); V_ij = (v_i + v_j)/d_ij²; Θ_ij = (M4_i + M4_j)/d_ij⁴.
-    Raises ``_NotApplicable`` when a needed statistic is missing.
+    Raises ``NotApplicable`` when a needed statistic is missing.
     """
     holder = _geometry(name, split_summary)
     stats = split_summary.stats
@@ -356,17 +348,17 @@ def luthra_new_inputs(split_summary: SplitSummary, moments: ClassMoments | None,
     off = ~np.eye(K, dtype=bool)
     n = holder.counts
     if (n < 2).any():
-        raise _NotApplicable(f"a class of the {name} split has a single sample, so its unbiased covariance "
+        raise _no_delta(f"a class of the {name} split has a single sample, so its unbiased covariance "
                              "(n − 1 normalisation, as in Thm 4.1's reference code) is undefined.")
     forms = _pair_forms(holder)
     if forms is None:
-        raise _NotApplicable("Ṽ_ij needs per-class directional variances (a span-restricted replay or per-class "
+        raise _no_delta("Ṽ_ij needs per-class directional variances (a span-restricted replay or per-class "
                              "scatter matrices), which were not collected.")
     if moments is None:
-        raise _NotApplicable("the fourth-moment replay ('class_moments') was not collected for this split.")
+        raise _no_delta("the fourth-moment replay ('class_moments') was not collected for this split.")
     same_means = moments.means.shape == stats.means.shape and torch.equal(moments.means.cpu(), stats.means.to(torch.float64).cpu())
     if not same_means or not moments.complete:
-        raise _NotApplicable("the fourth-moment replay does not match this split's class statistics (different means or sample counts).")
+        raise _no_delta("the fourth-moment replay does not match this split's class statistics (different means or sample counts).")
     m4 = moments.fourth_moment()[present].cpu().numpy()
     v = holder.sq_dev / (n - 1.0)
     i, j = np.nonzero(off)
@@ -382,8 +374,9 @@ def luthra_new_inputs(split_summary: SplitSummary, moments: ClassMoments | None,
     }
 
 
-@register("luthra_new", bounds=_BOUNDS, status="plug-in", group="collapse", reference=REF_LUTHRA_NEW)
-def luthra_new(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="plug-in", group="collapse", reference=REF_LUTHRA_NEW, needs=(CLASS_MOMENTS,),
+          options=CollapseBoundOptions)
+def luthra_new(ctx: BoundContext, opts: CollapseBoundOptions) -> Evaluation:
     """Luthra, Salunkhe & Galanti (2026, arXiv:2603.03530) Thm 4.1: multiclass m-shot NCC bound.
 
     Formula: err ≤ (1/C') Σ_i Σ_{j≠i} [4Ṽ_ij + (√E¹_ij + √E²_ij + √E³_ij)²] / (1 + (v_j − v_i)/(m d_ij²))²,
@@ -398,13 +391,12 @@ def luthra_new(ctx: BoundContext) -> BoundResult:
     Status: ``plug-in`` — rigorous for population moments; here the split's estimates (means, unbiased
     covariances, fourth moments from the 'class_moments' replay) are plugged in.
     """
-    name = "luthra_new"
     try:
-        split = _choose_split(ctx)
+        split = _choose_split(ctx, opts)
         shots = _shots(ctx)
         inputs = luthra_new_inputs(split.summary, split.summary.extras.get(MOMENTS_KEY), split.name)
-    except _NotApplicable as exc:
-        return _na(name, REF_LUTHRA_NEW, str(exc), _split_name(ctx))
+    except NotApplicable as exc:
+        raise _no_delta(str(exc), {"split": opts.split}) from None
     K = int(inputs["classes"])
     args = [inputs[k] for k in ("vtilde", "V", "theta", "v_i", "v_j", "d2")]
     per_m = {}
@@ -419,8 +411,8 @@ def luthra_new(ctx: BoundContext) -> BoundResult:
             "pairs_without_margin": int(invalid.sum()),
         }
     limit = float(4.0 * inputs["vtilde"].sum() / K)
-    return BoundResult(
-        name, per_m[str(shots[0])]["value"], _BOUNDS, "plug-in", REF_LUTHRA_NEW,
+    return Evaluation(
+        per_m[str(shots[0])]["value"], delta=None,
         inputs={"split": split.name, "shots": shots, "classes": K, "covariance": "unbiased (n-1)", "fourth_moment": "mean over n"},
         reason=_small_m_note(shots),
         details={"per_m": per_m, "limit_m_inf": limit, "mean_directional_cdnv_unbiased": float(inputs["vtilde"].mean())},

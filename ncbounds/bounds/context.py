@@ -17,10 +17,15 @@ import torch
 from ncbounds.stats.class_stats import ClassStats
 from ncbounds.stats.projected import ProjectedStats
 
+#: Default failure probability of each certificate (the one place this default is set).
+DEFAULT_DELTA = 0.05
+#: Default number of Monte-Carlo weight draws of the PAC-Bayes Gibbs error estimates.
+DEFAULT_MC_SAMPLES = 100
+
 
 @dataclass
 class BoundOptions:
-    """User options shared by all bounds.
+    """User options shared by all bounds, and each bound's own typed settings.
 
     delta: failure probability of *each* certificate (every internal confidence step and union
         bound of that certificate is paid out of it); k certificates hold simultaneously w.p.
@@ -28,13 +33,21 @@ class BoundOptions:
     shots: m values for the m-shot transfer bounds (None → training samples per class).
     mc_samples: Monte-Carlo weight samples for PAC-Bayes Gibbs error estimates.
     seed: seed of every random draw made by bounds.
+    bound: {bound name: an instance of that bound's registered options dataclass}; a bound not listed
+        uses its defaults (see :meth:`for_bound`). Built from ``--bound-option NAME.KEY=VALUE`` by
+        :func:`ncbounds.bounds.runner.resolve_bound_options`.
     """
 
-    delta: float = 0.05
+    delta: float = DEFAULT_DELTA
     shots: tuple[int, ...] | None = None
-    mc_samples: int = 100
+    mc_samples: int = DEFAULT_MC_SAMPLES
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+    bound: dict[str, Any] = field(default_factory=dict)
+
+    def for_bound(self, spec) -> Any:
+        """The settings of the bound ``spec`` (a :class:`~ncbounds.bounds.base.BoundSpec`): given or default."""
+        given = self.bound.get(spec.name)
+        return given if given is not None else spec.default_options()
 
 
 @dataclass
@@ -90,6 +103,14 @@ class BoundContext:
     layerwise: dict = field(default_factory=dict)
     gibbs: Callable[..., Any] | None = None
     layer_fuzziness: list[float | None] = field(default_factory=list)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per context and ``key`` (e.g. the network's weights read by several bounds,
+        or a σ search shared by five flatness measures); the cache lives and dies with the context."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
 
     @property
     def samples_per_class(self) -> int:

@@ -41,25 +41,28 @@ and union bounds dropped, meant for rank correlation with the generalization gap
 predict worse generalization. The ``details`` also give √(μ/m) (the size adjustment of Dziugaite
 et al. 2020), the search history and the number of draws.
 
-Options (``ctx.options.extra``): ``jiang_target_deviation`` (0.1), ``jiang_tolerance`` (0.01),
-``jiang_search_depth`` (15), ``jiang_mc_samples`` (10), ``jiang_sigma_max`` (2.0).
+Settings: :class:`SigmaSearchOptions` (``--bound-option jiang-flatness.target_deviation=0.05``, …).
+The two searches (plain and magnitude-aware) are shared by the five measures of one evaluation
+through the context's cache.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ncbounds.bounds.base import BoundResult, register
+from ncbounds.bounds.base import Evaluation, NotApplicable, register
 from ncbounds.bounds.context import BoundContext
 from ncbounds.bounds.pacbayes import perturbed_parameters, prior_centre, squared_distance
+from ncbounds.errors import UsageError
 
 __all__ = [
     "MAGNITUDE_EPS",
+    "SigmaSearchOptions",
     "jiang_pacbayes_flatness",
     "jiang_pacbayes_init",
     "jiang_pacbayes_mag_flatness",
@@ -83,12 +86,32 @@ _REFS = {
     "jiang_pacbayes_mag_flatness": f"{_PAPER}, eq. (61) pacbayes.mag.flatness",
 }
 
-#: Search results per oracle object (so the five measures share two searches).
-_SEARCH_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _option(ctx: BoundContext, key: str, default: Any) -> Any:
-    return ctx.options.extra.get(key, default) if ctx.options.extra else default
+@dataclass(frozen=True)
+class SigmaSearchOptions:
+    """Settings of Jiang et al.'s σ search shared by the flatness measures (defaults of their code).
+
+    target_deviation: the change of the Gibbs training error that defines σ (0.1);
+    tolerance: stop when |deviation − target| < tolerance (0.01);
+    search_depth: at most this many bisection steps (15);
+    mc_samples: weight draws per step (10);
+    sigma_max: upper end of the bisection interval (2.0).
+    """
+
+    target_deviation: float = 0.1
+    tolerance: float = 0.01
+    search_depth: int = 15
+    mc_samples: int = 10
+    sigma_max: float = 2.0
+
+    def validate(self) -> None:
+        for key in ("target_deviation", "tolerance", "sigma_max"):
+            if not getattr(self, key) > 0:
+                raise UsageError(f"bound option {key} must be positive, got {getattr(self, key)}.")
+        for key in ("search_depth", "mc_samples"):
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
+                raise UsageError(f"bound option {key} must be a positive integer, got {getattr(self, key)}.")
 
 
 def _base_error(ctx: BoundContext) -> float:
@@ -138,103 +161,82 @@ def search_sigma(gibbs, base_error: float, *, magnitude_aware: bool, seed: int, 
     }
 
 
-def _search(ctx: BoundContext, magnitude_aware: bool) -> dict[str, Any]:
-    params = dict(
-        target=float(_option(ctx, "jiang_target_deviation", 0.1)),
-        tolerance=float(_option(ctx, "jiang_tolerance", 0.01)),
-        depth=int(_option(ctx, "jiang_search_depth", 15)),
-        mc_samples=int(_option(ctx, "jiang_mc_samples", 10)),
-        sigma_max=float(_option(ctx, "jiang_sigma_max", 2.0)),
-    )
+def _search(ctx: BoundContext, opts: SigmaSearchOptions, magnitude_aware: bool) -> dict[str, Any]:
+    """The σ search of these settings, once per context (the five measures share two searches)."""
+    params = dict(target=float(opts.target_deviation), tolerance=float(opts.tolerance), depth=int(opts.search_depth),
+                  mc_samples=int(opts.mc_samples), sigma_max=float(opts.sigma_max))
     base = _base_error(ctx)
-    key = (magnitude_aware, ctx.options.seed, base, tuple(sorted(params.items())))
-    try:
-        per_oracle = _SEARCH_CACHE.setdefault(ctx.gibbs, {})
-    except TypeError:  # not weak-referenceable: no sharing
-        per_oracle = {}
-    if key not in per_oracle:
-        per_oracle[key] = search_sigma(ctx.gibbs, base, magnitude_aware=magnitude_aware, seed=ctx.options.seed, **params)
-    return per_oracle[key]
+    key = ("jiang_sigma_search", magnitude_aware, ctx.options.seed, base, tuple(sorted(asdict(opts).items())))
+    return ctx.memo(key, lambda: search_sigma(ctx.gibbs, base, magnitude_aware=magnitude_aware, seed=ctx.options.seed, **params))
 
 
-def _not_applicable(name: str, reason: str) -> BoundResult:
-    return BoundResult(name, None, _BOUNDS, "not-applicable", _REFS[name], None, reason=reason)
-
-
-def _check(ctx: BoundContext, name: str, needs_init: bool) -> tuple[BoundResult | None, dict | None]:
+def _check(ctx: BoundContext, needs_init: bool) -> dict | None:
     if ctx.gibbs is None:
-        return _not_applicable(name, "needs to evaluate perturbed networks on the training data, which is impossible without a "
-                                     "model and raw inputs (e.g. precomputed features)."), None
+        raise NotApplicable("needs to evaluate perturbed networks on the training data, which is impossible without a model and "
+                            "raw inputs (e.g. precomputed features).")
     if ctx.model is None:
-        return _not_applicable(name, "needs the model weights, but the context has no model."), None
+        raise NotApplicable("needs the model weights, but the context has no model.")
     centre = None
     if needs_init:
         centre, desc = prior_centre(ctx.model, ctx.init_state)
         if centre is None:
-            return _not_applicable(name, "needs the weights at initialization (distance to init): pass --init INIT.pt or set "
-                                         f"'init_checkpoint' in the sidecar; prior centre would be {desc}."), None
-    return None, centre
+            raise NotApplicable("needs the weights at initialization (distance to init): pass --init INIT.pt or set "
+                                f"'init_checkpoint' in the sidecar; prior centre would be {desc}.")
+    return centre
 
 
-def _result(name: str, value: float, m: int, search: dict, extra: dict) -> BoundResult:
+def _result(value: float, m: int, search: dict, extra: dict) -> Evaluation:
     details = {"sqrt_value_over_m": math.sqrt(value / m) if value >= 0 else None, **extra,
                "search": {k: v for k, v in search.items()}}
     inputs = {"split": "train", "m": m, "mc_samples_per_step": search["draws_per_step"],
               "target_deviation": search["target_deviation"], "magnitude_aware": search["magnitude_aware"]}
-    return BoundResult(name, value, _BOUNDS, "predictor", _REFS[name], None, inputs=inputs, details=details)
+    return Evaluation(value, inputs=inputs, details=details)
 
 
-def _pacbayes_plain(ctx: BoundContext, name: str, use_init: bool) -> BoundResult:
-    na, centre = _check(ctx, name, use_init)
-    if na is not None:
-        return na
-    search = _search(ctx, magnitude_aware=False)
+def _pacbayes_plain(ctx: BoundContext, opts: SigmaSearchOptions, use_init: bool) -> Evaluation:
+    centre = _check(ctx, use_init)
+    search = _search(ctx, opts, magnitude_aware=False)
     sigma = search["sigma"]
     sq, omega = squared_distance(ctx.model, centre)
     m = ctx.train.n
     value = sq / (4.0 * sigma**2) + math.log(m / sigma) + 10.0
-    return _result(name, value, m, search, {"sigma": sigma, "sq_norm": sq, "num_parameters": omega,
-                                            "reference_point": "init" if use_init else "origin"})
+    return _result(value, m, search, {"sigma": sigma, "sq_norm": sq, "num_parameters": omega,
+                                      "reference_point": "init" if use_init else "origin"})
 
 
-@register("jiang_pacbayes_init", bounds=_BOUNDS, status="predictor", group=_GROUP, reference=_REFS["jiang_pacbayes_init"])
-def jiang_pacbayes_init(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group=_GROUP, reference=_REFS["jiang_pacbayes_init"], options=SigmaSearchOptions)
+def jiang_pacbayes_init(ctx: BoundContext, opts: SigmaSearchOptions) -> Evaluation:
     """pacbayes.init (Jiang et al. 2020, App. C, eq. 48): ‖w − w₀‖²/(4σ²) + log(m/σ) + 10.
 
     σ: largest noise std with Gibbs training-error deviation ≈ 0.1 (binary search, module
     docstring). Needs the initialization weights (else not-applicable). Status: predictor — the
     numerator of a PAC-Bayes bound with a data-dependent σ and dropped constants; not a bound.
     """
-    return _pacbayes_plain(ctx, "jiang_pacbayes_init", use_init=True)
+    return _pacbayes_plain(ctx, opts, use_init=True)
 
 
-@register("jiang_pacbayes_orig", bounds=_BOUNDS, status="predictor", group=_GROUP, reference=_REFS["jiang_pacbayes_orig"])
-def jiang_pacbayes_orig(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group=_GROUP, reference=_REFS["jiang_pacbayes_orig"], options=SigmaSearchOptions)
+def jiang_pacbayes_orig(ctx: BoundContext, opts: SigmaSearchOptions) -> Evaluation:
     """pacbayes.orig (Jiang et al. 2020, App. C, eq. 49): ‖w‖²/(4σ²) + log(m/σ) + 10 (prior at the origin).
 
     σ as for pacbayes.init. Status: predictor (PAC-Bayes numerator with data-dependent σ).
     """
-    return _pacbayes_plain(ctx, "jiang_pacbayes_orig", use_init=False)
+    return _pacbayes_plain(ctx, opts, use_init=False)
 
 
-@register("jiang_pacbayes_flatness", bounds=_BOUNDS, status="predictor", group=_GROUP,
-          reference=_REFS["jiang_pacbayes_flatness"])
-def jiang_pacbayes_flatness(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group=_GROUP, reference=_REFS["jiang_pacbayes_flatness"], options=SigmaSearchOptions)
+def jiang_pacbayes_flatness(ctx: BoundContext, opts: SigmaSearchOptions) -> Evaluation:
     """pacbayes.flatness (Jiang et al. 2020, App. C, eq. 53): 1/σ², σ from the deviation-0.1 search.
 
     Status: predictor — the flatness part of the PAC-Bayes numerator alone (sharper minimum → larger).
     """
-    name = "jiang_pacbayes_flatness"
-    na, _ = _check(ctx, name, needs_init=False)
-    if na is not None:
-        return na
-    search = _search(ctx, magnitude_aware=False)
-    return _result(name, 1.0 / search["sigma"] ** 2, ctx.train.n, search, {"sigma": search["sigma"]})
+    _check(ctx, needs_init=False)
+    search = _search(ctx, opts, magnitude_aware=False)
+    return _result(1.0 / search["sigma"] ** 2, ctx.train.n, search, {"sigma": search["sigma"]})
 
 
-@register("jiang_pacbayes_mag_init", bounds=_BOUNDS, status="predictor", group=_GROUP,
-          reference=_REFS["jiang_pacbayes_mag_init"])
-def jiang_pacbayes_mag_init(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group=_GROUP, reference=_REFS["jiang_pacbayes_mag_init"], options=SigmaSearchOptions)
+def jiang_pacbayes_mag_init(ctx: BoundContext, opts: SigmaSearchOptions) -> Evaluation:
     """pacbayes.mag.init (Jiang et al. 2020, App. C, eq. 56), magnitude-aware perturbation:
 
     ¼ Σ_{i=1}^{ω} log[(ε² + (σ′² + 1)‖w − w₀‖²/ω) / (ε² + σ′²(w_i − w₀,i)²)] + log(m/σ′) + 10,
@@ -244,11 +246,8 @@ def jiang_pacbayes_mag_init(ctx: BoundContext) -> BoundResult:
     of variances ε² + σ′²(w_i − w₀,i)² and the best isotropic prior around w₀, plus the same
     log(m/σ′) + 10 as pacbayes.init. Needs the initialization weights. Status: predictor.
     """
-    name = "jiang_pacbayes_mag_init"
-    na, centre = _check(ctx, name, needs_init=True)
-    if na is not None:
-        return na
-    search = _search(ctx, magnitude_aware=True)
+    centre = _check(ctx, needs_init=True)
+    search = _search(ctx, opts, magnitude_aware=True)
     sigma = search["sigma"]
     eps = float(getattr(ctx.gibbs, "magnitude_eps", MAGNITUDE_EPS))
     sq, omega = squared_distance(ctx.model, centre)
@@ -260,20 +259,16 @@ def jiang_pacbayes_mag_init(ctx: BoundContext) -> BoundResult:
             log_sum += float(torch.log(numerator / (eps**2 + sigma**2 * d * d)).sum())
     m = ctx.train.n
     value = 0.25 * log_sum + math.log(m / sigma) + 10.0
-    return _result(name, value, m, search, {"sigma": sigma, "epsilon": eps, "sq_norm": sq, "num_parameters": omega,
-                                            "log_ratio_sum": log_sum})
+    return _result(value, m, search, {"sigma": sigma, "epsilon": eps, "sq_norm": sq, "num_parameters": omega,
+                                      "log_ratio_sum": log_sum})
 
 
-@register("jiang_pacbayes_mag_flatness", bounds=_BOUNDS, status="predictor", group=_GROUP,
-          reference=_REFS["jiang_pacbayes_mag_flatness"])
-def jiang_pacbayes_mag_flatness(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group=_GROUP, reference=_REFS["jiang_pacbayes_mag_flatness"], options=SigmaSearchOptions)
+def jiang_pacbayes_mag_flatness(ctx: BoundContext, opts: SigmaSearchOptions) -> Evaluation:
     """pacbayes.mag.flatness (Jiang et al. 2020, App. C, eq. 61): 1/σ′², σ′ from the magnitude-aware search.
 
     Status: predictor (scale-aware flatness: the noise on weight i has variance σ′²w_i² + ε²).
     """
-    name = "jiang_pacbayes_mag_flatness"
-    na, _ = _check(ctx, name, needs_init=False)
-    if na is not None:
-        return na
-    search = _search(ctx, magnitude_aware=True)
-    return _result(name, 1.0 / search["sigma"] ** 2, ctx.train.n, search, {"sigma": search["sigma"]})
+    _check(ctx, needs_init=False)
+    search = _search(ctx, opts, magnitude_aware=True)
+    return _result(1.0 / search["sigma"] ** 2, ctx.train.n, search, {"sigma": search["sigma"]})

@@ -1,4 +1,4 @@
-"""Neural-collapse bounds from decision-axis and class-moment statistics (DESIGN §6, group 'collapse').
+"""Neural-collapse bounds from decision-axis and class-moment statistics (group 'collapse').
 
 - :func:`nc_split_certificate` / :func:`nc_split_certificate_ncc` — sample-split **certificates** on
   the population 0-1 error of the deployed linear head / of the nearest-class-center classifier
@@ -8,11 +8,12 @@
   population's);
 - :func:`gaussian_ncc` — the Gaussian approximation of the same m-shot error (**predictor**).
 
-The statistics come from two replay accumulators over the test split's penultimate features,
-registered here: ``decision_axes`` (:class:`~ncbounds.stats.decision_axes.DecisionAxisStats`) and
-``pair_moments`` (:class:`~ncbounds.stats.pair_moments.PairMoments`). Every bound returns a
-:class:`BoundResult` and never raises: when its inputs are missing or its assumptions fail it
-returns status ``not-applicable`` with the reason.
+The statistics come from two replay accumulators over the test split's penultimate features, which
+the bounds request in their registration: ``decision_axes``
+(:class:`~ncbounds.bounds.replay.decision_axes.DecisionAxisStats`) and ``pair_moments``
+(:class:`~ncbounds.bounds.replay.pair_moments.PairMoments`). Every bound returns a result and never
+raises: when its inputs are missing or its assumptions fail the result is ``not-applicable`` with the
+reason.
 
 Concentration inequalities used (all for i.i.d. variables):
 
@@ -39,10 +40,10 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
-from ncbounds.bounds.base import BoundResult, register, register_replay
+from ncbounds.bounds.base import Evaluation, NotApplicable, register
 from ncbounds.bounds.context import BoundContext
-from ncbounds.stats.decision_axes import DecisionAxisStats, decision_axes_factory
-from ncbounds.stats.pair_moments import PAIR_MOMENTS_BUDGET_BYTES, PairMoments, pair_moments_bytes, pair_moments_factory
+from ncbounds.bounds.replay.decision_axes import DECISION_AXES, DecisionAxisStats
+from ncbounds.bounds.replay.pair_moments import PAIR_MOMENTS, PAIR_MOMENTS_BUDGET_BYTES, PairMoments, pair_moments_bytes
 
 __all__ = [
     "PRIOR_DELTA_SHARE",
@@ -62,12 +63,8 @@ PRIOR_DELTA_SHARE = 0.25
 #: Largest K for which per-class / per-pair tables are copied into ``details``.
 _DETAIL_MAX_K = 100
 
-register_replay("decision_axes", decision_axes_factory, splits=("test",),
-                needed_by=("nc_split_certificate", "nc_split_certificate_ncc"))
-register_replay("pair_moments", pair_moments_factory, splits=("test",), needed_by=("nc_cantelli", "gaussian_ncc"))
-
 _SPLIT_REFERENCE = (
-    "sample-split certificate from held-out features (DESIGN §6): Hoeffding 1963 Thm 2 (mean of the "
+    "sample-split certificate from held-out features: Hoeffding 1963 Thm 2 (mean of the "
     "bounded decision-axis projection); Maurer & Pontil 2009 Thm 10 (standard deviation); Bhatia & "
     "Davis 2000 (variance of a bounded variable); Cantelli's one-sided Chebyshev inequality; "
     "Weissman et al. 2003 Thm 2.1 (class frequencies); union bound over all estimates"
@@ -83,9 +80,9 @@ _CANTELLI_REFERENCE = (
 # helpers
 
 
-def _not_applicable(name: str, bounds: str, reference: str, reason: str, **inputs: Any) -> BoundResult:
-    return BoundResult(name=name, value=None, bounds=bounds, status="not-applicable", reference=reference,
-                       reason=reason, inputs=dict(inputs))
+def _not_applicable(reason: str) -> NotApplicable:
+    """This module's bounds report on the test split and carry no δ when they do not apply."""
+    return NotApplicable(reason, {"split": "test"}, delta=None)
 
 
 def _log_two_pow_minus_two(K: int) -> float:
@@ -206,26 +203,27 @@ def split_certificate(das: DecisionAxisStats, rule: str, delta: float,
     }
 
 
-def _split_certificate_result(ctx: BoundContext, rule: str, name: str, bounds: str) -> BoundResult:
+def _split_certificate_result(ctx: BoundContext, rule: str) -> Evaluation:
     try:
         if ctx.num_classes < 2:
-            return _not_applicable(name, bounds, _SPLIT_REFERENCE, f"needs K ≥ 2 classes (K = {ctx.num_classes}).", split="test")
+            raise _not_applicable(f"needs K ≥ 2 classes (K = {ctx.num_classes}).")
         das = ctx.test.extras.get("decision_axes")
         if das is None:
-            return _not_applicable(name, bounds, _SPLIT_REFERENCE,
-                                   "the decision-axis replay of the test split ('decision_axes') was not collected.", split="test")
+            raise _not_applicable("the decision-axis replay of the test split ('decision_axes') was not collected.")
         if rule not in das.rules:
             why = ("no linear head (features without a classifier): only the NCC variant applies." if rule == "head"
                    else "no training class means to build the nearest-class-center classifier.")
-            return _not_applicable(name, bounds, _SPLIT_REFERENCE, why, split="test")
+            raise _not_applicable(why)
         if int(das.class_counts.sum()) == 0:
-            return _not_applicable(name, bounds, _SPLIT_REFERENCE, "the test split is empty.", split="test")
+            raise _not_applicable("the test split is empty.")
         delta = float(ctx.options.delta)
         if not 0.0 < delta < 1.0:
-            return _not_applicable(name, bounds, _SPLIT_REFERENCE, f"delta must lie in (0, 1), got {delta}.", split="test")
+            raise _not_applicable(f"delta must lie in (0, 1), got {delta}.")
         out = split_certificate(das, rule, delta)
-    except Exception as exc:  # a bound never raises (DESIGN §9): report why instead
-        return _not_applicable(name, bounds, _SPLIT_REFERENCE, f"could not be computed: {exc}", split="test")
+    except NotApplicable:
+        raise
+    except Exception as exc:  # a bound never fails the report: it says why instead
+        raise _not_applicable(f"could not be computed: {exc}") from None
     K = das.num_classes
     inputs = {
         "split": "test (held out: the classifier is fixed before it is seen)",
@@ -251,16 +249,16 @@ def _split_certificate_result(ctx: BoundContext, rule: str, name: str, bounds: s
     if K <= _DETAIL_MAX_K:
         details["class_bound"] = out["class_bound"].tolist()
         details["class_counts"] = out["class_counts"].tolist()
-    return BoundResult(name=name, value=out["value"], bounds=bounds, status="certificate", reference=_SPLIT_REFERENCE,
-                       delta=out["delta"], inputs=inputs, details=details)
+    return Evaluation(out["value"], delta=out["delta"], inputs=inputs, details=details)
 
 
+_MSHOT_BOUNDS = "expected m-shot NCC error"
 _HEAD_BOUNDS = "population 0-1 error of the deployed linear head"
 _NCC_BOUNDS = "population 0-1 error of the nearest-class-center classifier with the training means"
 
 
-@register("nc_split_certificate", bounds=_HEAD_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse")
-def nc_split_certificate(ctx: BoundContext) -> BoundResult:
+@register(bounds=_HEAD_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse", needs=(DECISION_AXES,))
+def nc_split_certificate(ctx: BoundContext) -> Evaluation:
     """Sample-split certificate on the population 0-1 error of the deployed linear head.
 
     Status: ``certificate`` — with probability ≥ 1 − δ (δ = ``ctx.options.delta``) over the test
@@ -271,7 +269,7 @@ def nc_split_certificate(ctx: BoundContext) -> BoundResult:
     law. For a class-i sample and competitor j, the margin g_ij(x) = (w_i − w_j)ᵀx + b_i − b_j ≤ 0
     is necessary for an error towards j (ties count as errors). Its bounded, sign-preserving
     normalization t_ij(x) = g_ij(x)/(‖x − o‖ + |g_ij(o)|/‖Δw‖) ∈ [−R_ij, R_ij], R_ij = ‖w_i − w_j‖
-    (proof in ``ncbounds/stats/decision_axes.py``; o = mean of the training class means, fixed
+    (proof in ``ncbounds/bounds/replay/decision_axes.py``; o = mean of the training class means, fixed
     before the test data) has {g_ij ≤ 0} = {t_ij ≤ 0}.
 
     Formula. Conditionally on the test labels, the n_i class-i features are i.i.d. from P_i, so
@@ -296,11 +294,11 @@ def nc_split_certificate(ctx: BoundContext) -> BoundResult:
     set from the labels is legitimate because the per-pair inequalities hold conditionally on the
     labels; so P(any step fails) ≤ δ_π + ¾δ = δ.
     """
-    return _split_certificate_result(ctx, "head", "nc_split_certificate", _HEAD_BOUNDS)
+    return _split_certificate_result(ctx, "head")
 
 
-@register("nc_split_certificate_ncc", bounds=_NCC_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse")
-def nc_split_certificate_ncc(ctx: BoundContext) -> BoundResult:
+@register(bounds=_NCC_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse", needs=(DECISION_AXES,))
+def nc_split_certificate_ncc(ctx: BoundContext) -> Evaluation:
     """Sample-split certificate on the population 0-1 error of NCC with the training class means.
 
     Status: ``certificate`` (as :func:`nc_split_certificate`): the training means μ̂ are fixed before
@@ -312,7 +310,7 @@ def nc_split_certificate_ncc(ctx: BoundContext) -> BoundResult:
     competitor of every class, and B_i = 1 for its own class). Everything else — formula,
     references, δ split — is that of :func:`nc_split_certificate`.
     """
-    return _split_certificate_result(ctx, "ncc", "nc_split_certificate_ncc", _NCC_BOUNDS)
+    return _split_certificate_result(ctx, "ncc")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,11 +401,10 @@ def _shots(ctx: BoundContext) -> tuple[int, list[int]]:
     return m, shots
 
 
-def _mshot_result(ctx: BoundContext, name: str, status: str, reference: str, terms) -> BoundResult:
-    bounds = "expected m-shot NCC error"
+def _mshot_result(ctx: BoundContext, terms) -> Evaluation:
     try:
         if ctx.num_classes < 2:
-            return _not_applicable(name, bounds, reference, f"needs K ≥ 2 classes (K = {ctx.num_classes}).", split="test")
+            raise _not_applicable(f"needs K ≥ 2 classes (K = {ctx.num_classes}).")
         pm: PairMoments | None = ctx.test.extras.get("pair_moments")
         if pm is None:
             K, d = int(ctx.test.stats.num_classes), int(ctx.test.stats.dim)
@@ -416,22 +413,23 @@ def _mshot_result(ctx: BoundContext, name: str, status: str, reference: str, ter
                           f"{pair_moments_bytes(K, d) / 2**20:.0f} MiB > {PAIR_MOMENTS_BUDGET_BYTES / 2**20:.0f} MiB budget).")
             else:
                 reason = "the class-moment replay of the test split ('pair_moments') was not collected."
-            return _not_applicable(name, bounds, reference, reason, split="test")
+            raise _not_applicable(reason)
         moments = pm.moments()
         n_present = int(np.asarray(moments["present"]).sum())
         if n_present < 2:
-            return _not_applicable(name, bounds, reference,
-                                   f"needs at least 2 classes present in the test split (found {n_present}).", split="test")
+            raise _not_applicable(f"needs at least 2 classes present in the test split (found {n_present}).")
         try:
             m, shots = _shots(ctx)
         except Exception:  # no training counts for the default m
-            return _not_applicable(name, bounds, reference, "no training samples to set the default m (pass shots).", split="test")
+            raise _not_applicable("no training samples to set the default m (pass shots).") from None
         if m < 1 or any(s < 1 for s in shots):
-            return _not_applicable(name, bounds, reference, f"shots must be positive integers, got {shots or m}.", split="test")
+            raise _not_applicable(f"shots must be positive integers, got {shots or m}.")
         value, per_class = _mshot_error(moments, m, terms)
         per_shot = {str(s): _mshot_error(moments, s, terms)[0] for s in shots}
-    except Exception as exc:  # a bound never raises (DESIGN §9)
-        return _not_applicable(name, bounds, reference, f"could not be computed: {exc}", split="test")
+    except NotApplicable:
+        raise
+    except Exception as exc:  # a bound never fails the report: it says why instead
+        raise _not_applicable(f"could not be computed: {exc}") from None
     K = len(per_class)
     inputs = {"split": "test (moments of its empirical class distributions)", "m": m,
               "m_rule": "options.shots[0]" if shots else "smallest training class count",
@@ -441,12 +439,11 @@ def _mshot_result(ctx: BoundContext, name: str, status: str, reference: str, ter
         details["note"] = f"{ctx.num_classes - n_present} class(es) absent from the test split are left out of the m-shot task"
     if K <= _DETAIL_MAX_K:
         details["class_terms"] = per_class.tolist()
-    return BoundResult(name=name, value=value, bounds=bounds, status=status, reference=reference,
-                       delta=None, inputs=inputs, details=details)
+    return Evaluation(value, delta=None, inputs=inputs, details=details)
 
 
-@register("nc_cantelli", bounds="expected m-shot NCC error", status="plug-in", reference=_CANTELLI_REFERENCE, group="collapse")
-def nc_cantelli(ctx: BoundContext) -> BoundResult:
+@register(bounds=_MSHOT_BOUNDS, status="plug-in", reference=_CANTELLI_REFERENCE, group="collapse", needs=(PAIR_MOMENTS,))
+def nc_cantelli(ctx: BoundContext) -> Evaluation:
     """Exact-variance Cantelli bound on the expected error of the m-shot nearest-class-center classifier.
 
     Formula: error ≤ Σ_i π_i·min(1, Σ_{j≠i} P(Z_ij ≤ 0)), P(Z_ij ≤ 0) ≤ Var Z_ij/(Var Z_ij + (E Z_ij)²)
@@ -465,14 +462,14 @@ def nc_cantelli(ctx: BoundContext) -> BoundResult:
     Reference: Cantelli's one-sided Chebyshev inequality (e.g. Boucheron, Lugosi & Massart 2013,
     Exercise 2.3); the moment computation is exact (docstring of :func:`mshot_ncc_moments`). The
     m-shot NCC setting is that of Galanti, György & Hutter (2022) (few-shot transfer of collapsed
-    features); DESIGN §6 "exact-variance Cantelli bound".
+    features).
     """
-    return _mshot_result(ctx, "nc_cantelli", "plug-in", _CANTELLI_REFERENCE, _cantelli_terms)
+    return _mshot_result(ctx, _cantelli_terms)
 
 
-@register("gaussian_ncc", bounds="expected m-shot NCC error", status="predictor",
-          reference="Gaussian approximation of the exact m-shot NCC margin moments (DESIGN §6 predictors)", group="collapse")
-def gaussian_ncc(ctx: BoundContext) -> BoundResult:
+@register(bounds=_MSHOT_BOUNDS, status="predictor", group="collapse", needs=(PAIR_MOMENTS,),
+          reference="Gaussian approximation of the exact m-shot NCC margin moments (central-limit heuristic)")
+def gaussian_ncc(ctx: BoundContext) -> Evaluation:
     """Gaussian approximation of the expected m-shot NCC error (a predictor, not a bound).
 
     Formula: Σ_i π̂_i·min(1, Σ_{j≠i} Φ(−E Z_ij/√Var Z_ij)) with the exact E, Var of
@@ -481,8 +478,7 @@ def gaussian_ncc(ctx: BoundContext) -> BoundResult:
     Status: ``predictor`` — Z_ij is a quadratic form of the noise, not Gaussian, so Φ(−E/√Var) is
     an approximation (central-limit heuristic, accurate when many roughly independent noise
     directions contribute), neither an upper nor a lower bound; the sum over competitors also
-    double-counts overlapping error events. It is the "Gaussian version of the Cantelli bound" of
-    DESIGN §6, usually much closer to the measured m-shot error than the Cantelli bound.
+    double-counts overlapping error events. It is the Gaussian version of the Cantelli bound, usually
+    much closer to the measured m-shot error than the Cantelli bound.
     """
-    return _mshot_result(ctx, "gaussian_ncc", "predictor",
-                         "Gaussian approximation of the exact m-shot NCC margin moments (DESIGN §6 predictors)", _gaussian_terms)
+    return _mshot_result(ctx, _gaussian_terms)

@@ -31,17 +31,20 @@ Bound modules never touch data or devices: the Monte-Carlo errors come from ``ct
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ncbounds.bounds.base import BoundResult, register
-from ncbounds.stats.binomial import kl_inverse_upper
+from ncbounds.bounds.base import Evaluation, NotApplicable, register
 from ncbounds.bounds.context import BoundContext
+from ncbounds.errors import UsageError
+from ncbounds.stats.binomial import kl_inverse_upper
 
 __all__ = [
     "DEFAULT_SIGMA_GRID",
+    "PacBayesGaussOptions",
     "gaussian_kl",
     "pacbayes_gauss",
     "perturbed_parameters",
@@ -138,21 +141,38 @@ def two_step_certificate(e_mc: float, n_mc: int, kl: float, m: int, delta_mc: fl
             "pb_log_term": pb_log, "pb_budget": pb_budget, "bound": bound}
 
 
-def _option(ctx: BoundContext, key: str, default: Any) -> Any:
-    return ctx.options.extra.get(key, default) if ctx.options.extra else default
+@dataclass(frozen=True)
+class PacBayesGaussOptions:
+    """Settings of ``pacbayes_gauss``, to be fixed before seeing the data.
 
+    sigma_grid: the σ values (noise standard deviations) the union bound covers;
+    mc_delta_fraction: δ_MC/δ, the share of δ spent on the Monte-Carlo step (0.5);
+    screen: screening draws per σ (0 = off); refine: σ's fully evaluated after screening (2). Screening
+        only decides which grid points get the N-draw certificate (its draws are not reused); the union
+        bound still covers the whole grid.
+    """
 
-def _not_applicable(reason: str, delta: float, inputs: dict | None = None) -> BoundResult:
-    return BoundResult("pacbayes_gauss", None, _BOUNDS, "not-applicable", _REFERENCE, delta,
-                       inputs=inputs or {}, reason=reason)
+    sigma_grid: tuple[float, ...] = DEFAULT_SIGMA_GRID
+    mc_delta_fraction: float = DEFAULT_MC_DELTA_FRACTION
+    screen: int = 0
+    refine: int = 2
+
+    def validate(self) -> None:
+        grid = tuple(self.sigma_grid) if isinstance(self.sigma_grid, (tuple, list)) else (self.sigma_grid,)
+        if not grid or any(not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0) for s in grid):
+            raise UsageError(f"bound option sigma_grid must hold positive finite values, e.g. (0.1,0.01); got {self.sigma_grid!r}.")
+        if not 0.0 < float(self.mc_delta_fraction) < 1.0:
+            raise UsageError(f"bound option mc_delta_fraction must lie in (0, 1); got {self.mc_delta_fraction}.")
+        if int(self.screen) < 0 or int(self.refine) < 1:
+            raise UsageError("bound options screen must be ≥ 0 and refine ≥ 1.")
 
 
 def _data_dependent_buffers(model: torch.nn.Module) -> list[str]:
     return [n for n, _ in model.named_buffers() if n.endswith(("running_mean", "running_var"))]
 
 
-@register("pacbayes_gauss", bounds=_BOUNDS, status="certificate", group="pac-bayes", reference=_REFERENCE)
-def pacbayes_gauss(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="certificate", group="pac-bayes", reference=_REFERENCE, options=PacBayesGaussOptions)
+def pacbayes_gauss(ctx: BoundContext, opts: PacBayesGaussOptions) -> Evaluation:
     """Two-step PAC-Bayes-kl certificate on the Gibbs risk of N(w, σ²I), σ from a fixed grid.
 
     Formula (σ = noise standard deviation, m training samples, N = ``options.mc_samples`` draws,
@@ -176,31 +196,28 @@ def pacbayes_gauss(ctx: BoundContext) -> BoundResult:
     Caveat recorded in ``details``: data-dependent buffers (BatchNorm running statistics) are
     held fixed and are not covered by the prior.
 
-    Options (``ctx.options.extra``, to be fixed before seeing data): ``pacbayes_sigma_grid``
-    (tuple of σ), ``pacbayes_mc_delta_fraction`` (δ_MC/δ, default 0.5), ``pacbayes_screen``
-    (screening draws per σ, default 0 = off) with ``pacbayes_refine`` (σ's fully evaluated after
-    screening, default 2): screening only decides which grid points get the N-draw certificate
-    (its draws are not reused), the union bound still covers the whole grid.
+    Settings: :class:`PacBayesGaussOptions` (σ grid, δ split, screening), e.g.
+    ``--bound-option pacbayes_gauss.sigma_grid=(0.1,0.03,0.01)``.
     """
     delta = ctx.options.delta
-    grid = tuple(float(s) for s in _option(ctx, "pacbayes_sigma_grid", DEFAULT_SIGMA_GRID))
+    grid_value = opts.sigma_grid if isinstance(opts.sigma_grid, (tuple, list)) else (opts.sigma_grid,)
+    grid = tuple(float(s) for s in grid_value)
     n_mc = int(ctx.options.mc_samples)
-    frac = float(_option(ctx, "pacbayes_mc_delta_fraction", DEFAULT_MC_DELTA_FRACTION))
-    screen = int(_option(ctx, "pacbayes_screen", 0))
-    refine = int(_option(ctx, "pacbayes_refine", 2))
+    frac = float(opts.mc_delta_fraction)
+    screen = int(opts.screen)
+    refine = int(opts.refine)
     inputs: dict[str, Any] = {"sigma_grid": list(grid), "mc_samples": n_mc, "split": "train", "seed": ctx.options.seed}
     if ctx.gibbs is None:
-        return _not_applicable("needs to evaluate perturbed networks on the training data, which is impossible without a "
-                               "model and raw inputs (e.g. precomputed features); run it on a checkpoint with --data inputs.",
-                               delta, inputs)
+        raise NotApplicable("needs to evaluate perturbed networks on the training data, which is impossible without a "
+                               "model and raw inputs (e.g. precomputed features); run it on a checkpoint with --data inputs.", inputs)
     if ctx.model is None:
-        return _not_applicable("needs the model weights (posterior centre), but the context has no model.", delta, inputs)
+        raise NotApplicable("needs the model weights (posterior centre), but the context has no model.", inputs)
     if not grid or any(not (math.isfinite(s) and s > 0) for s in grid):
-        return _not_applicable(f"the σ grid must hold positive finite values; got {list(grid)}.", delta, inputs)
+        raise NotApplicable(f"the σ grid must hold positive finite values; got {list(grid)}.", inputs)
     if n_mc < 1:
-        return _not_applicable(f"needs at least one Monte-Carlo sample (mc_samples = {n_mc}).", delta, inputs)
+        raise NotApplicable(f"needs at least one Monte-Carlo sample (mc_samples = {n_mc}).", inputs)
     if not 0.0 < frac < 1.0:
-        return _not_applicable(f"pacbayes_mc_delta_fraction must lie in (0, 1); got {frac}.", delta, inputs)
+        raise NotApplicable(f"the bound option mc_delta_fraction must lie in (0, 1); got {frac}.", inputs)
 
     centre, centre_desc = prior_centre(ctx.model, ctx.init_state)
     sq_dist, n_params = squared_distance(ctx.model, centre)
@@ -233,7 +250,7 @@ def pacbayes_gauss(ctx: BoundContext) -> BoundResult:
         if m != m_used:
             raise ValueError("the Gibbs oracle reported different training-set sizes for different σ")
         if m < 8:
-            return _not_applicable(f"Maurer's PAC-Bayes-kl bound needs m ≥ 8 training samples; got m = {m}.", delta, inputs)
+            raise NotApplicable(f"Maurer's PAC-Bayes-kl bound needs m ≥ 8 training samples; got m = {m}.", inputs)
         e_mc = float(counts.sum()) / (n_mc * m)
         row = two_step_certificate(e_mc, n_mc, gaussian_kl(sq_dist, s), m, share_mc, share_pb)
         table.append({"sigma": s, **row})
@@ -265,4 +282,4 @@ def pacbayes_gauss(ctx: BoundContext) -> BoundResult:
         details["caveat"] = (f"{len(buffers)} BatchNorm running-statistic buffers were fitted on the training data and are held "
                              "fixed; the prior does not cover them, so the certificate is exact only for the network with "
                              "these statistics treated as part of the architecture.")
-    return BoundResult("pacbayes_gauss", best["bound"], _BOUNDS, "certificate", _REFERENCE, delta, inputs=inputs, details=details)
+    return Evaluation(best["bound"], inputs=inputs, details=details)

@@ -1,14 +1,15 @@
-"""Collapse-based predictors of generalization (DESIGN §6, group 'predictors', status 'predictor').
+"""Collapse-based predictors of generalization (group 'predictors', status 'predictor').
 
 None of these is a bound: each is a number that published work found to correlate with the test
 error or the generalization gap, reported so it can be read next to the certificates. Their scale is
-arbitrary, so they are never flagged vacuous. All are computed in the canonical conventions of
-DESIGN §5 from the penultimate-layer statistics (whatever convention mode the report shows).
+arbitrary, so they are never flagged vacuous. All are computed in the canonical conventions (Papyan et
+al. 2020's NC1 with /K, Galanti et al. 2022's CDNV) from the penultimate-layer statistics, whatever
+convention mode the report shows.
 """
 
 from __future__ import annotations
 
-from ncbounds.bounds.base import BoundResult, register
+from ncbounds.bounds.base import Evaluation, NotApplicable, register
 from ncbounds.bounds.context import BoundContext, SplitSummary
 from ncbounds.metrics.collapse import cdnv, nc1
 
@@ -21,67 +22,60 @@ REF_GAP = "Hui, Belkin & Nakkiran (2022): train collapse need not imply test col
 REF_RHO = "He & Su (2023), PNAS, 'A law of data separation in deep learning' (D_l ≈ ρ^l·D_0)"
 
 
-def _na(name: str, reference: str, reason: str, inputs: dict | None = None) -> BoundResult:
-    return BoundResult(name, None, _BOUNDS, "not-applicable", reference, inputs=inputs or {}, reason=reason)
-
-
 def _nc1(summary: SplitSummary) -> float | None:
     return nc1(summary.stats, projected=summary.projected)
 
 
-@register("nc1_test", bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_NC1)
-def nc1_test(ctx: BoundContext) -> BoundResult:
-    """Penultimate-layer NC1 on the **test** split: Tr(Σ_W Σ_B⁺)/K (canonical, DESIGN §5).
+@register(bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_NC1)
+def nc1_test(ctx: BoundContext) -> Evaluation:
+    """Penultimate-layer NC1 on the **test** split: Tr(Σ_W Σ_B⁺)/K (canonical: Papyan et al. 2020 with /K).
 
     Reference: Papyan, Han & Donoho (2020); measured on held-out data following Hui, Belkin & Nakkiran
     (2022). Status: ``predictor`` — smaller within-class variability relative to the between-class
     spread on unseen data goes with lower test error; there is no inequality linking the two.
     """
-    name = "nc1_test"
     value = _nc1(ctx.test)
     if value is None:
-        return _na(name, REF_NC1, "test NC1 is undefined: fewer than two test classes, coinciding means, or no "
-                   "second-order statistics (span-restricted replay or scatter matrices) were collected.", {"split": "test"})
-    return BoundResult(name, value, _BOUNDS, "predictor", REF_NC1, inputs={"split": "test", "layer": "penultimate"})
+        raise NotApplicable("test NC1 is undefined: fewer than two test classes, coinciding means, or no second-order "
+                            "statistics (span-restricted replay or scatter matrices) were collected.", {"split": "test"})
+    return Evaluation(value, inputs={"split": "test", "layer": "penultimate"})
 
 
-@register("cdnv_test", bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_CDNV)
-def cdnv_test(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_CDNV)
+def cdnv_test(ctx: BoundContext) -> Evaluation:
     """Penultimate-layer CDNV on the **test** split: mean over i<j of (v_i + v_j)/(2‖μ_i − μ_j‖²).
 
     Reference: Galanti, György & Hutter (2022, ICLR), Def. 1. Status: ``predictor`` — the quantity
     that drives their few-shot NCC bound (see the 'galanti2022' bound), reported here as a correlate.
     """
-    name = "cdnv_test"
     value = cdnv(ctx.test.stats)
     if value is None:
-        return _na(name, REF_CDNV, "test CDNV is undefined: fewer than two test classes or coinciding class means.", {"split": "test"})
-    return BoundResult(name, value, _BOUNDS, "predictor", REF_CDNV, inputs={"split": "test", "layer": "penultimate"})
+        raise NotApplicable("test CDNV is undefined: fewer than two test classes or coinciding class means.", {"split": "test"})
+    return Evaluation(value, inputs={"split": "test", "layer": "penultimate"})
 
 
-@register("collapse_gap", bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_GAP)
-def collapse_gap(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_GAP)
+def collapse_gap(ctx: BoundContext) -> Evaluation:
     """NC1_test / NC1_train (canonical NC1 at the penultimate layer on each split).
 
     Reference: Hui, Belkin & Nakkiran (2022) — collapse on the training set need not carry over to the
     test set; a ratio ≫ 1 flags collapse that does not generalize. Status: ``predictor`` (of the
     generalization gap), not a bound.
     """
-    name = "collapse_gap"
     test, train = _nc1(ctx.test), _nc1(ctx.train)
     if test is None or train is None:
         which = " and ".join(s for s, v in (("test", test), ("train", train)) if v is None)
-        return _na(name, REF_GAP, f"NC1 is undefined on the {which} split (fewer than two classes, coinciding means, "
-                   "or no second-order statistics).", {"split": "test/train"})
+        raise NotApplicable(f"NC1 is undefined on the {which} split (fewer than two classes, coinciding means, "
+                            "or no second-order statistics).", {"split": "test/train"})
     if train == 0.0:
-        return _na(name, REF_GAP, "training NC1 is exactly 0 (perfect training collapse), so the ratio is undefined.",
-                   {"split": "test/train"})
-    return BoundResult(name, test / train, _BOUNDS, "predictor", REF_GAP,
-                       inputs={"split": "test/train", "layer": "penultimate"}, details={"nc1_test": test, "nc1_train": train})
+        raise NotApplicable("training NC1 is exactly 0 (perfect training collapse), so the ratio is undefined.",
+                            {"split": "test/train"})
+    return Evaluation(test / train, inputs={"split": "test/train", "layer": "penultimate"},
+                      details={"nc1_test": test, "nc1_train": train})
 
 
-@register("layerwise_rho", bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_RHO)
-def layerwise_rho(ctx: BoundContext) -> BoundResult:
+@register(bounds=_BOUNDS, status="predictor", group="predictors", reference=REF_RHO)
+def layerwise_rho(ctx: BoundContext) -> Evaluation:
     """He & Su's decay ratio ρ = exp(slope) of the least-squares fit of log D_l on layer index l.
 
     D_l = Tr(SS_W SS_B⁺) (separation fuzziness) at each hooked layer, in forward order; taken from
@@ -89,17 +83,15 @@ def layerwise_rho(ctx: BoundContext) -> BoundResult:
     Status: ``predictor`` — a geometric law of data separation; ρ < 1 (with Pearson r ≈ −1) means the
     classes separate at a steady rate with depth. Not a bound.
     """
-    name = "layerwise_rho"
     n_layers = len(ctx.layer_fuzziness)
     for split in ("test", "train"):
         entry = ctx.layerwise.get(split) or {}
         rho = entry.get("layerwise_rho")
         if rho is not None:
-            return BoundResult(name, rho, _BOUNDS, "predictor", REF_RHO,
-                               inputs={"split": split, "layers": n_layers or None},
-                               details={"layerwise_r": entry.get("layerwise_r")})
+            return Evaluation(rho, inputs={"split": split, "layers": n_layers or None},
+                              details={"layerwise_r": entry.get("layerwise_r")})
     if n_layers < 2:
-        return _na(name, REF_RHO, f"{n_layers} layer(s) were hooked; the layerwise law needs at least two "
-                   "(run with --layers all).", {"layers": n_layers})
-    return _na(name, REF_RHO, "the separation fuzziness is undefined or zero at some hooked layer (e.g. no second-order "
-               "statistics there), so ρ cannot be fitted.", {"layers": n_layers})
+        raise NotApplicable(f"{n_layers} layer(s) were hooked; the layerwise law needs at least two (run with --layers all).",
+                            {"layers": n_layers})
+    raise NotApplicable("the separation fuzziness is undefined or zero at some hooked layer (e.g. no second-order "
+                        "statistics there), so ρ cannot be fitted.", {"layers": n_layers})

@@ -60,9 +60,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
 
-__all__ = ["AffineRule", "DecisionAxisStats", "decision_axes_factory", "pairwise_row_distances"]
+__all__ = ["DECISION_AXES", "AffineRule", "DecisionAxisStats", "decision_axes_factory", "pairwise_row_distances"]
 
 _F64 = torch.float64
 
@@ -296,41 +297,34 @@ class DecisionAxisStats:
         return f"DecisionAxisStats(K={self.num_classes}, d={self.dim}, rules={sorted(self.rules)}, N={int(self.class_counts.sum())})"
 
 
-def _reference(info: dict) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+def _reference(info: ReplayInfo) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Training means, the classes NCC can predict, and the classes whose error may be certified.
 
-    ``info['reference_means']`` is the means alone or a (means, present) pair; the mask may also come
-    as ``info['reference_present']``. Without a mask it is unknown whether an all-zero row is the mean
-    of a class absent from training (ClassStats leaves those at 0) or a genuine zero mean, so the
-    conservative reading of both is taken: the row stays a competitor of every class, and its own
-    class gets the trivial bound 1.
+    Without ``info.reference_present`` it is unknown whether an all-zero row is the mean of a class
+    absent from training (ClassStats leaves those at 0) or a genuine zero mean, so the conservative
+    reading of both is taken: the row stays a competitor of every class, and its own class gets the
+    trivial bound 1.
     """
-    ref = info.get("reference_means")
-    present = info.get("reference_present")
-    if isinstance(ref, (tuple, list)) and len(ref) == 2:
-        ref, present = ref
-    if ref is None:
+    if info.reference_means is None:
         return None, None, None
-    means = torch.as_tensor(ref).to(_F64).cpu()
-    if present is None:
+    means = torch.as_tensor(info.reference_means).to(_F64).cpu()
+    if info.reference_present is None:
         active = torch.ones(means.shape[0], dtype=torch.bool)
         return means, active, (means != 0).any(1)
-    active = torch.as_tensor(present).to(torch.bool).reshape(-1).cpu()
+    active = torch.as_tensor(info.reference_present).to(torch.bool).reshape(-1).cpu()
     return means, active, active
 
 
-def decision_axes_factory(stats: Any, info: dict) -> DecisionAxisStats | None:
-    """Replay factory (``register_replay('decision_axes', ..., splits=('test',))``).
+def decision_axes_factory(stats: Any, info: ReplayInfo) -> DecisionAxisStats | None:
+    """Replay factory of :data:`DECISION_AXES` (the test split of the sample-split certificates).
 
-    ``info['head']`` = (W, b) or None gives the rule ``'head'``; ``info['reference_means']`` (training
-    means, K×d, or a (means, present) pair; optional ``info['reference_present']``) gives the rule
-    ``'ncc'`` (W = 2M̂, b = −‖μ̂‖², only training-present classes active; see :func:`_reference`
-    for the conservative reading when no mask is given). The centre o of both rules is
-    the unweighted mean of the present training means (0 without them). Returns None when there is
-    neither a head nor reference means (a head or means whose shape is not K×d of ``stats`` is
-    ignored, so a mismatch never breaks the replay).
+    ``info.head`` = (W, b) or None gives the rule ``'head'``; ``info.reference_means`` (training means,
+    K×d, with ``info.reference_present``) gives the rule ``'ncc'`` (W = 2M̂, b = −‖μ̂‖², only
+    training-present classes active; see :func:`_reference` for the conservative reading when no mask
+    is given). The centre o of both rules is the unweighted mean of the present training means (0
+    without them). Returns None when there is neither a head nor reference means (a head or means
+    whose shape is not K×d of ``stats`` is ignored, so a mismatch never breaks the replay).
     """
-    info = info or {}
     device = stats.means.device if hasattr(stats, "means") else torch.device("cpu")
     K, d = int(stats.means.shape[0]), int(stats.means.shape[1])
     means, present, certify = _reference(info)
@@ -338,7 +332,7 @@ def decision_axes_factory(stats: Any, info: dict) -> DecisionAxisStats | None:
         means = None  # not this layer's means: no NCC rule (never fail the replay)
     center = means[present].mean(0) if means is not None and bool(present.any()) else None
     rules: dict[str, AffineRule] = {}
-    head = info.get("head")
+    head = info.head
     if head is not None and tuple(torch.as_tensor(head[0]).shape) == (K, d):
         W, b = head
         rules["head"] = AffineRule(W, b, center=center, device=device)
@@ -347,3 +341,7 @@ def decision_axes_factory(stats: Any, info: dict) -> DecisionAxisStats | None:
     if not rules:
         return None
     return DecisionAxisStats(rules)
+
+
+#: The statistic of the sample-split certificates, on the test split (held-out features).
+DECISION_AXES = ReplayRequest("decision_axes", decision_axes_factory, splits=("test",))

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
 
-__all__ = ["PAIR_MOMENTS_BUDGET_BYTES", "PairMoments", "pair_moments_bytes", "pair_moments_factory"]
+__all__ = ["PAIR_MOMENTS", "PAIR_MOMENTS_BUDGET_BYTES", "PairMoments", "pair_moments_bytes", "pair_moments_factory"]
 
 PAIR_MOMENTS_BUDGET_BYTES = 512 * 2**20
 _F64 = torch.float64
@@ -174,9 +175,9 @@ class PairMoments:
         return f"PairMoments(K={self.num_classes}, d={self.dim}, N={int(self.counts.sum())})"
 
 
-def pair_moments_factory(stats: Any, info: dict | None = None,
+def pair_moments_factory(stats: Any, info: ReplayInfo | None = None,
                          budget_bytes: int = PAIR_MOMENTS_BUDGET_BYTES) -> PairMoments | None:
-    """Replay factory (``register_replay('pair_moments', ..., splits=('test',))``).
+    """Replay factory of :data:`PAIR_MOMENTS` (test split; ``info`` unused: the split's own means).
 
     Uses the split's final class means (``stats.means``). Returns None — the Cantelli bound then
     reports "needs per-class covariances: K·d² too large" — when K·d²·8 bytes exceed ``budget_bytes``.
@@ -185,3 +186,7 @@ def pair_moments_factory(stats: Any, info: dict | None = None,
     if pair_moments_bytes(K, d) > budget_bytes:
         return None
     return PairMoments(stats.means)
+
+
+#: The statistic of ``nc_cantelli`` and ``gaussian_ncc``, on the test split.
+PAIR_MOMENTS = ReplayRequest("pair_moments", pair_moments_factory, splits=("test",))

@@ -1,4 +1,4 @@
-"""Per-class fourth moments about the final class means (replay accumulator, DESIGN §4 and §6).
+"""Per-class fourth moments about the final class means (replay accumulator of ``luthra_new``).
 
 Luthra, Salunkhe & Galanti (2026, Thm 4.1) bound the m-shot nearest-class-center error with a term
 Θ_ij = (M4_i + M4_j)/‖μ_i − μ_j‖⁴, where M4_c = E_c‖x − μ_c‖⁴ is the fourth moment of the distance to
@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
 from ncbounds.stats.class_stats import ClassStats
 
@@ -111,3 +112,12 @@ class ClassMoments:
 
     def __repr__(self) -> str:
         return f"ClassMoments(K={self.num_classes}, d={self.means.shape[1]}, N={int(self.counts.sum())})"
+
+
+def class_moments_factory(stats: ClassStats, info: ReplayInfo | None = None) -> ClassMoments:
+    """Replay factory of :data:`CLASS_MOMENTS` (``info`` unused: the split's own final means)."""
+    return ClassMoments(stats)
+
+
+#: Thm 4.1's fourth moments, on both splits (the bound may be evaluated on either).
+CLASS_MOMENTS = ReplayRequest("class_moments", class_moments_factory, splits=("train", "test"))

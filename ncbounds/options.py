@@ -1,0 +1,144 @@
+"""The options of one evaluation: one typed schema, from which everything else is derived.
+
+:class:`EvalOptions` is the single definition of every evaluation option — its type, default, help
+text, command-line flag and whether it is part of a record's identity. From it come:
+
+* the Python API keywords (``ncbounds.evaluate(ckpt, layers="all", delta=0.01)``);
+* the click options of ``report`` and ``batch`` (``cli/options.py`` builds them from the field
+  metadata, so a new option is one field here);
+* the record's ``options`` object (:meth:`EvalOptions.to_record`);
+* the ``--resume`` / ``merge`` identity (:meth:`EvalOptions.identity`): the options that can change
+  the numbers; those that cannot (device, batch size, trust flags, progress) are left out;
+* validation (:meth:`EvalOptions.validate`): one sentence per bad value, naming both the API keyword
+  and the flag.
+
+Defaults shared with the bounds (δ, Monte-Carlo draws) are defined once in
+:mod:`ncbounds.bounds.context`. Per-bound settings are typed fields of each bound's own options class
+(``--bound-option NAME.KEY=VALUE``, see :func:`ncbounds.bounds.runner.resolve_bound_options`); here
+they are kept as given (``bound_options``) so they can be recorded and hashed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ncbounds.bounds.context import DEFAULT_DELTA, DEFAULT_MC_SAMPLES
+from ncbounds.errors import UsageError
+
+__all__ = ["EvalOptions", "option_fields"]
+
+#: Metadata keys of an option field: ``flag`` (the command-line flag, None: no flag), ``help``,
+#: ``identity`` (part of the record identity), ``record`` (written into the record), ``kind`` (how the
+#: command line parses it: value, flag, json, shots, bound_options), ``choices``, ``since`` (a field added
+#: after 0.1 enters the identity only when it differs from its default, so records of 0.1 stay current).
+
+
+def _opt(default: Any = None, *, flag: str | None, help: str, identity: bool = True, record: bool = True,
+         kind: str = "value", choices: tuple[str, ...] | None = None, since: str | None = None, factory: Any = None):
+    meta = {"flag": flag, "help": help, "identity": identity, "record": record, "kind": kind, "choices": choices, "since": since}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class EvalOptions:
+    """Options of one evaluation (see the module docstring; each field's help is its documentation)."""
+
+    arch: str | None = _opt(flag="--arch", help="Architecture spec: mlp:width=512, resnet18-cifar, file.py:Class, pkg.mod:factory.")
+    arch_kwargs: dict = _opt(flag="--arch-kwargs", kind="json", factory=dict, help="JSON object of architecture keyword arguments.")
+    data: str | None = _opt(flag="--data", help="Data spec: digits, mnist1d, gaussian-etf:K=10,d=64, npz:FILE, cifar10:ROOT, features:FILE.")
+    layers: str | None = _opt(flag="--layers", help="Extra layers to measure: NAME,NAME or 'all' (the penultimate layer is always measured).")
+    device: str = _opt("auto", flag="--device", identity=False, help="auto | cpu | cuda[:N].")
+    batch_size: int = _opt(256, flag="--batch-size", identity=False, help="Samples per forward pass.")
+    conv_reduce: str = _opt("avg", flag="--conv-reduce", choices=("avg", "flatten"), help="Reduction of conv feature maps.")
+    convention: str = _opt("canonical", flag="--convention", help="Metric convention (see `ncbounds conventions`).")
+    trust_checkpoint: bool = _opt(False, flag="--trust-checkpoint", kind="flag", identity=False,
+                                  help="Allow arbitrary unpickling (only for checkpoints from a trusted source).")
+    trust_code: bool = _opt(False, flag="--trust-code", kind="flag", identity=False,
+                            help="Let sidecars name Python files / import paths as architectures and paths outside their folder "
+                                 "(only for folders you trust).")
+    effective_depth_epsilon: float = _opt(0.01, flag="--effective-depth-epsilon",
+                                          help="ε of the effective depth: first layer whose NCC training error is ≤ ε.")
+    seed: int = _opt(0, flag="--seed", help="Seed of every random draw (Monte Carlo, bounds).")
+    bounds: str = _opt("default", flag="--bounds",
+                       help="Bounds: default (all but Monte-Carlo ones), all, none, certificates, predictors, a group or NAME,NAME.")
+    delta: float = _opt(DEFAULT_DELTA, flag="--delta", help="Failure probability of each certificate.")
+    init: str | None = _opt(flag="--init", help="Checkpoint at initialization (prior centre / distance-to-init terms).")
+    mc_samples: int = _opt(DEFAULT_MC_SAMPLES, flag="--mc-samples", help="Monte-Carlo weight draws for PAC-Bayes.")
+    shots: tuple[int, ...] | None = _opt(flag="--shots", kind="shots",
+                                         help="m values for the m-shot transfer bounds, e.g. 1,5,10 (default: training samples per class).")
+    amp: bool = _opt(False, flag="--amp", kind="flag", help="Run the forward pass under mixed precision (statistics stay float64).")
+    bound_options: dict = _opt(flag="--bound-option", kind="bound_options", factory=dict, since="0.2",
+                               help="A bound's own setting, NAME.KEY=VALUE (NAME a bound or a group; repeatable); "
+                                    "`ncbounds list-bounds --explain NAME` lists them.")
+    progress: bool = _opt(False, flag=None, identity=False, record=False, help="Draw progress bars on stderr.")
+    debug: bool = _opt(False, flag=None, identity=False, record=False, help="Let exceptions through (tracebacks).")
+
+    # ---------------------------------------------------------------------------------------------
+    def validate(self) -> list[str]:
+        """Check every value before any work; returns the bound names ``bounds`` selects.
+
+        Raises :class:`UsageError` with one sentence naming the keyword and the flag."""
+        from ncbounds.bounds.runner import resolve_bound_options, select_bounds
+        from ncbounds.metrics.conventions import get_convention
+
+        def bad(name: str, what: str) -> UsageError:
+            flag = _FIELDS[name].metadata["flag"]
+            return UsageError(f"{name}{f' ({flag})' if flag else ''} {what}")
+
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise bad("batch_size", f"must be a positive integer, got {self.batch_size}.")
+        if not 0 < self.delta < 1:
+            raise bad("delta", f"must lie strictly between 0 and 1, got {self.delta}.")
+        if not isinstance(self.mc_samples, int) or self.mc_samples < 1:
+            raise bad("mc_samples", f"must be a positive integer, got {self.mc_samples}.")
+        if not 0 <= self.effective_depth_epsilon <= 1:
+            raise bad("effective_depth_epsilon", f"must lie in [0, 1], got {self.effective_depth_epsilon}.")
+        if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", str(self.device))):
+            raise bad("device", f"must be auto, cpu or cuda[:N], not {self.device!r}.")
+        if self.conv_reduce not in ("avg", "flatten"):
+            raise bad("conv_reduce", f"must be 'avg' or 'flatten', not {self.conv_reduce!r}.")
+        if self.shots is not None and (not self.shots or any(not isinstance(m, int) or m < 1 for m in self.shots)):
+            raise bad("shots", f"must be positive integers such as 1,5,10, not {self.shots!r}.")
+        if not isinstance(self.arch_kwargs, dict):
+            raise bad("arch_kwargs", "must be a dict (a JSON object on the command line).")
+        get_convention(self.convention)
+        selected = select_bounds(self.bounds)
+        resolve_bound_options(self.bound_options, selected)
+        return selected
+
+    def identity(self, bound_names: list[str]) -> dict[str, Any]:
+        """The options that decide the numbers, as a JSON-ready dict (hashed into the record identity).
+
+        ``bounds`` is replaced by the sorted names it selects (so a catalogue that grows makes
+        ``default`` records stale); fields marked ``since`` enter only when not at their default."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if not f.metadata["identity"]:
+                continue
+            value = getattr(self, f.name)
+            if f.metadata["since"] and value == _default(f):
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        out["bounds"] = sorted(bound_names)
+        return out
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``options`` object of a record (every field but progress and debug)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["record"]}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(EvalOptions)}
+
+
+def option_fields() -> list[dataclasses.Field]:
+    """The fields of :class:`EvalOptions` in declaration order (``cli/options.py`` turns them into flags)."""
+    return list(dataclasses.fields(EvalOptions))
