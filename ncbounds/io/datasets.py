@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ncbounds.errors import DataError, UsageError
-from ncbounds.models.spec import parse_kv
+from ncbounds.io.kv import parse_kv
 
 __all__ = [
     "CIFAR_STATS",
