@@ -1,4 +1,4 @@
-"""Named conventions for collapse metrics (DESIGN §5).
+"""Named conventions for collapse metrics (the "Metrics" section of ``docs/architecture.md``).
 
 The canonical mode is the default and is what reports show. The other modes reproduce the choices
 of specific papers or code bases, so numbers can be compared with published figures. Each field is

@@ -1,4 +1,4 @@
-"""Per-class fourth moments about the final class means (replay accumulator, DESIGN §4 and §6).
+"""Per-class fourth moments about the final class means (replay accumulator).
 
 Luthra, Salunkhe & Galanti (2026, Thm 4.1) bound the m-shot nearest-class-center error with a term
 Θ_ij = (M4_i + M4_j)/‖μ_i − μ_j‖⁴, where M4_c = E_c‖x − μ_c‖⁴ is the fourth moment of the distance to
