@@ -59,7 +59,7 @@ class Convention:
 CANONICAL = Convention(
     name="canonical",
     description=(
-        "DESIGN §5: NC1 = Tr(Σ_W Σ_B⁺)/K with Σ_W = (1/N)Σ_i(h_i−μ_{y_i})(·)ᵀ, Σ_B = (1/K)M̃ᵀM̃, "
+        "Canonical: NC1 = Tr(Σ_W Σ_B⁺)/K with Σ_W = (1/N)Σ_i(h_i−μ_{y_i})(·)ᵀ, Σ_B = (1/K)M̃ᵀM̃, "
         "μ_G = mean of class means (Papyan, Han & Donoho 2020); unbiased std in NC2; squared NC3; "
         "NC4 as mismatch rate with the bias included."
     ),
