@@ -49,6 +49,7 @@ REWORDED = (
      "(pass --bound-option neyshabur2018.input_norm_bound=B for a certificate)"),
     ("sample-split certificate from held-out features (DESIGN §6):", "sample-split certificate from held-out features:"),
     ("(DESIGN §6 predictors)", "(central-limit heuristic)"),
+    ("DESIGN §5: NC1 = ", "Canonical: NC1 = "),
 )
 
 #: absolute paths: only their file name is compared

@@ -1,4 +1,5 @@
-"""Neural-collapse metrics as pure functions of class statistics (DESIGN §5).
+"""Neural-collapse metrics as pure functions of class statistics (the "Metrics" section of
+``docs/architecture.md``).
 
 Notation: K classes (those present in the split), features h ∈ R^d, n_c samples of class c, N total;
 μ_c class means, μ_G their unweighted mean (Papyan, Han & Donoho 2020), M̃ = [μ_c − μ_G] (K×d);
@@ -112,7 +113,7 @@ def between_rank(stats: ClassStats) -> int:
 
 
 def nc1(stats: ClassStats, convention: Convention = CANONICAL, projected: ProjectedStats | None = None) -> float | None:
-    """NC1 = Tr(Σ_W Σ_B⁺)/K (Papyan, Han & Donoho 2020, PNAS, Fig. 6; canonical form of DESIGN §5).
+    """NC1 = Tr(Σ_W Σ_B⁺)/K (Papyan, Han & Donoho 2020, PNAS, Fig. 6; the canonical convention).
 
     Σ_B = M̃ᵀM̃/K, so Tr(Σ_W Σ_B⁺)/K = Tr(Σ_W (M̃ᵀM̃)⁺). Convention modes: without the 1/K (Papyan's
     notebook), Σ_B normalized by d (rhubarbwu: factor d/K), or He & Su's frequency-weighted SS_B.

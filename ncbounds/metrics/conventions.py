@@ -1,4 +1,4 @@
-"""Named conventions for collapse metrics (DESIGN §5).
+"""Named conventions for collapse metrics (the "Metrics" section of ``docs/architecture.md``).
 
 The canonical mode is the default and is what reports show. The other modes reproduce the choices
 of specific papers or code bases, so numbers can be compared with published figures. Each field is
@@ -59,7 +59,7 @@ class Convention:
 CANONICAL = Convention(
     name="canonical",
     description=(
-        "DESIGN §5: NC1 = Tr(Σ_W Σ_B⁺)/K with Σ_W = (1/N)Σ_i(h_i−μ_{y_i})(·)ᵀ, Σ_B = (1/K)M̃ᵀM̃, "
+        "Canonical: NC1 = Tr(Σ_W Σ_B⁺)/K with Σ_W = (1/N)Σ_i(h_i−μ_{y_i})(·)ᵀ, Σ_B = (1/K)M̃ᵀM̃, "
         "μ_G = mean of class means (Papyan, Han & Donoho 2020); unbiased std in NC2; squared NC3; "
         "NC4 as mismatch rate with the bias included."
     ),

@@ -43,7 +43,7 @@ def metrics_from_features(
     convention: str | Convention | None = None,
     scatter_mode: str = "none",
 ) -> dict:
-    """Every per-layer metric of DESIGN §5 for features ``(N, d)`` with integer ``labels``.
+    """Every per-layer metric (:func:`split_metrics`) for features ``(N, d)`` with integer ``labels``.
 
     ``W`` (K×d), ``b`` (K): the linear head, giving logits h Wᵀ + b (margins, NC4, classifier NC2/NC3).
     ``train_means`` (K×d): reference means for the nearest-class-center decisions (default: the

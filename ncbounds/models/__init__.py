@@ -1,7 +1,9 @@
-"""Model construction: built-in architectures and architecture specs (DESIGN §3).
+"""Model construction: built-in architectures and architecture specs (``--arch``; the "Inputs" section of
+``docs/architecture.md``).
 
 ``build_model(spec, kwargs=None, base_dir=None)`` turns an ``--arch`` spec into an ``nn.Module``;
 every built-in ends with an ``nn.Linear`` named ``fc`` whose input is the penultimate feature.
+``parse_kv``/``parse_value`` live in :mod:`ncbounds.io.kv` and are re-exported here.
 """
 
 from ncbounds.models.builtin import CNN1D, MLP, BasicBlock, LeNet5, ResNet18CIFAR

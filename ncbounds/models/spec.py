@@ -1,6 +1,6 @@
 """Architecture specs (``--arch``): parse a spec string and build the ``nn.Module`` it names.
 
-Spec forms (DESIGN §3):
+Spec forms (the "Inputs" section of ``docs/architecture.md``):
 
 - ``NAME`` or ``NAME:k=v,k2=v2`` — a built-in (:func:`list_architectures`): ``mlp``, ``cnn1d``,
   ``lenet5``, ``resnet18-cifar``. Names are case-insensitive and ``_`` equals ``-``.
@@ -16,7 +16,8 @@ Spec forms (DESIGN §3):
 
 Every form accepts inline keyword arguments after one more colon (``file.py:Net:width=2``,
 ``torchvision:resnet18:num_classes=100``). Inline arguments override those of the ``kwargs`` dict
-(e.g. ``arch_kwargs`` from a sidecar). Values are parsed by :func:`parse_kv`.
+(e.g. ``arch_kwargs`` from a sidecar). Values are parsed by :func:`~ncbounds.io.kv.parse_kv`
+(re-exported here).
 
 Every failure is a :class:`~ncbounds.errors.UsageError` whose message is one sentence naming the
 spec and the problem.
@@ -45,6 +46,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ncbounds.errors import UsageError
+from ncbounds.io.kv import _IDENT, _split_top, parse_kv, parse_value  # noqa: F401 - re-exported
 from ncbounds.models.builtin import CNN1D, MLP, LeNet5, ResNet18CIFAR
 
 __all__ = ["BUILTIN_ARCHITECTURES", "ArchSpec", "build_model", "describe_spec", "list_architectures", "parse_kv", "parse_value"]
@@ -58,106 +60,10 @@ BUILTIN_ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 
 _EXTERNAL = {"torchvision", "timm"}
-_IDENT = re.compile(r"^[A-Za-z_]\w*$")
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 # target ':' attribute [':' kwargs]; the attribute is a dotted identifier, so a Windows drive
 # letter ("C:\\models.py:Net") stays in the target.
 _FACTORY = re.compile(r"^(?P<target>.+?):(?P<attr>[A-Za-z_][\w.]*)(?::(?P<kw>.*))?$", re.DOTALL)
-
-
-# ----------------------------------------------------------------------------------------------
-# key=value parsing
-# ----------------------------------------------------------------------------------------------
-
-
-def _split_top(s: str, sep: str = ",") -> list[str]:
-    """Split ``s`` on ``sep`` outside brackets and quotes."""
-    parts, depth, quote, cur = [], 0, "", []
-    for ch in s:
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = ""
-            continue
-        if ch in "'\"":
-            quote = ch
-        elif ch in "[(":
-            depth += 1
-        elif ch in "])":
-            depth -= 1
-        if ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if quote or depth != 0:
-        raise UsageError(f"unbalanced quotes or brackets in `{s}`; close every [ ( ' and \"")
-    parts.append("".join(cur))
-    return parts
-
-
-def parse_value(text: str) -> Any:
-    """Parse one value of a ``k=v`` list.
-
-    In order: ``[a,b]`` → list and ``(a,b)`` → tuple (elements parsed recursively); quoted text →
-    the string without quotes; ``none``/``null`` → ``None``; ``true``/``false`` → bool (all three
-    case-insensitive); an ``int`` literal → int; a ``float`` literal (``1e-3``, ``inf``) → float;
-    anything else → the stripped string.
-    """
-    t = text.strip()
-    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
-        return t[1:-1]
-    if len(t) >= 2 and (t[0], t[-1]) in (("[", "]"), ("(", ")")):
-        inner = t[1:-1].strip()
-        parts = _split_top(inner) if inner else []
-        if parts and not parts[-1].strip():  # trailing comma: (3,)
-            parts = parts[:-1]
-        items = [parse_value(p) for p in parts]
-        return items if t[0] == "[" else tuple(items)
-    low = t.lower()
-    if low in ("none", "null"):
-        return None
-    if low == "true":
-        return True
-    if low == "false":
-        return False
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t)
-    except ValueError:
-        return t
-
-
-def parse_kv(s: str | None) -> dict[str, Any]:
-    """Parse ``"k=v,k2=v2"`` into a dict with values typed by :func:`parse_value`.
-
-    Commas inside brackets or quotes do not split (``sizes=[1,2],name='a,b'``). An empty or
-    ``None`` string gives ``{}``. Keys must be Python identifiers; an item without ``=``, an invalid
-    key or a repeated key raises :class:`UsageError`. Used for architecture and data specs alike.
-    """
-    out: dict[str, Any] = {}
-    if s is None or not s.strip():
-        return out
-    for item in _split_top(s):
-        if not item.strip():
-            continue
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise UsageError(
-                f"`{item.strip()}` in `{s}` is not of the form key=value; write e.g. width=512"
-            )
-        if not _IDENT.match(key):
-            raise UsageError(
-                f"`{key}` in `{s}` is not a valid argument name; use letters, digits and _"
-            )
-        if key in out:
-            raise UsageError(f"argument `{key}` is given twice in `{s}`; keep one")
-        out[key] = parse_value(value)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

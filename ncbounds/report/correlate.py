@@ -1,4 +1,4 @@
-"""Rank correlation of measures and bounds with generalization across a results folder (DESIGN §7).
+"""Rank correlation of measures and bounds with generalization across a results folder.
 
 Two statistics, both on the wide table of :func:`ncbounds.report.results.load_results`:
 

@@ -2,7 +2,7 @@
 
 ``export(data, fmt, columns=None)`` takes a list of record dicts (e.g. :func:`load_records`) or, for
 the wide formats, the wide table itself (:func:`load_results`), and returns text (``bytes`` for
-Parquet). Formats (DESIGN §7):
+Parquet). Formats:
 
 * ``csv``: the wide table, one row per checkpoint (column names in :mod:`ncbounds.report.results`);
   ``pandas.read_csv`` of it gives back the same frame (dtypes, NaN for missing values, names).

@@ -1,4 +1,4 @@
-"""Plots of a results folder (DESIGN §7): bounds vs test error, metrics vs epoch, log D_l vs layer.
+"""Plots of a results folder: bounds vs test error, metrics vs epoch, log D_l vs layer.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend
 change, works headless) and written as PNG or PDF by the file suffix. matplotlib is an optional extra:

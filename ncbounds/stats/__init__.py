@@ -1,4 +1,4 @@
-"""Streaming float64 sufficient statistics (DESIGN §4)."""
+"""Streaming float64 sufficient statistics (the "Statistics" section of ``docs/architecture.md``)."""
 
 from ncbounds.stats.class_stats import ClassStats
 from ncbounds.stats.logit_stats import LogitStats

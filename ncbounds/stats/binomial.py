@@ -173,10 +173,11 @@ def kl_inverse_upper(q: Any, c: Any) -> Any:
     it is never below the exact inverse of the given inputs (checked in the tests against a 50-digit
     mpmath root). Vectorised over broadcast arrays.
 
-    Examples (DESIGN §6): kl⁻¹(0, 0.01) = 0.009950166251, kl⁻¹(0.2, 0.5) = 0.685261925018.
+    Examples: kl⁻¹(0, 0.01) = 0.009950166251, kl⁻¹(0.2, 0.5) = 0.685261925018.
 
     Reference: Langford (2005), JMLR 6, §3 (test-set bound in relative-entropy form); Seeger (2002)
-    / Maurer (2004) PAC-Bayes-kl; DESIGN §6 ("kl⁻¹ must return a true upper end").
+    / Maurer (2004) PAC-Bayes-kl. Those bounds hold for the exact inverse, so a value below it would
+    not be a bound: hence the upper end.
     """
     qa, ca, scalar = _prepare(q, c)
     out = qa.copy()

@@ -1,4 +1,4 @@
-"""Float64 class-conditional sufficient statistics of one feature layer (DESIGN §4).
+"""Float64 class-conditional sufficient statistics of one feature layer.
 
 For every class c the accumulator keeps the count n_c, the mean μ_c, the centered sum of squared
 deviations Σ_{i∈c} ‖h_i − μ_c‖² and optionally the centered scatter Σ_{i∈c} (h_i − μ_c)(h_i − μ_c)ᵀ —

@@ -1,4 +1,4 @@
-"""Streaming logit-level statistics: margins, predictions, 0-1 errors (DESIGN §4, §5 "margins").
+"""Streaming logit-level statistics: margins, predictions, 0-1 errors.
 
 Margins follow Bartlett, Foster & Telgarsky (2017, §2): γ_i = f(x_i)_{y_i} − max_{j≠y_i} f(x_i)_j,
 computed in float64 from the logits the network returns. The network's decision is argmax_j f(x)_j

@@ -1,4 +1,5 @@
-"""Nearest-class-center (NCC) decisions against fixed reference means (DESIGN §5, NC4).
+"""Nearest-class-center (NCC) decisions against fixed reference means (NCC error and NC4, Papyan, Han &
+Donoho 2020).
 
 The NCC classifier assigns h to argmin_c ‖h − μ_c‖ with the **training** class means (the classifier a
 user would deploy), ties broken towards the lowest index. Distances are computed after subtracting

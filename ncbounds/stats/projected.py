@@ -1,5 +1,5 @@
-"""Second-order statistics restricted to the span of the class means (DESIGN §4, "exact second pass
-restricted to the ≤ K-dimensional span of the class means").
+"""Second-order statistics restricted to the span of the class means: an exact second pass over a split,
+restricted to the ≤ K-dimensional span of its class means.
 
 Every second-order quantity the collapse metrics need lives in the span of the centered class means:
 

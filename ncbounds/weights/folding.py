@@ -1,4 +1,4 @@
-"""Fold eval-mode BatchNorm into the preceding Linear / Conv layer (DESIGN §6, norm bounds).
+"""Fold eval-mode BatchNorm into the preceding Linear / Conv layer (for the norm-based bounds).
 
 Norm-based bounds act on the network's linear maps; an eval-mode BatchNorm is an affine per-channel
 map, so it is absorbed into the layer before it and the operator norm is taken of the folded weight.

@@ -1,4 +1,4 @@
-"""Certified operator (spectral) norms of linear and convolutional layers (DESIGN §6).
+"""Certified operator (spectral) norms of linear and convolutional layers, for the norm-based bounds.
 
 Every function returns an :class:`OperatorNorm` whose ``value`` is an UPPER bound on the largest
 singular value of the layer's linear map (bias excluded), never an estimate from below:
