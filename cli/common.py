@@ -157,7 +157,7 @@ def _shots(text: str | None):
 def _bound_options(items) -> dict:
     """``("pacbayes_gauss.screen=4", "jiang-flatness.mc_samples=20")`` → ``{"pacbayes_gauss": {"screen": 4}, …}``."""
     from ncbounds.errors import UsageError
-    from ncbounds.models.spec import parse_value
+    from ncbounds.io.kv import parse_value
 
     out: dict = {}
     for item in items or ():

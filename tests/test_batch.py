@@ -35,6 +35,7 @@ import torch
 from click.testing import CliRunner
 
 import ncbounds.batch
+import ncbounds.batch.local
 import ncbounds.bounds.runner as bound_runner
 from cli.main import main  # cli/main.py registers `batch`; registered below if it does not (yet)
 from ncbounds.batch import (
@@ -438,7 +439,7 @@ def test_dead_worker_is_recorded_and_the_batch_goes_on(tree, tmp_path, monkeypat
     for name in ("a_dies.pt", "b_ok.pt", "c_ok.pt"):
         shutil.copy(tree / "top_a.pt", root / name)
         shutil.copy(tree / "top_a.json", root / name.replace(".pt", ".json"))
-    monkeypatch.setattr(ncbounds.batch.cf, "ProcessPoolExecutor", _DyingPool)
+    monkeypatch.setattr(ncbounds.batch.local.cf, "ProcessPoolExecutor", _DyingPool)
     s = run_batch(root, None, EvalOptions(bounds="none", device="cpu"), jobs=2, progress=False)
     assert (s.total, s.done, s.failed, s.exit_code) == (3, 2, 1, 3)
     assert _DyingPool.created == 2  # b_ok and c_ok went on in a fresh pool

@@ -26,7 +26,7 @@ from test_batch import ALL, BOUNDS, CORRUPT, _invoke, _numbers, _records  # noqa
 
 from ncbounds.batch import (  # noqa: E402
     ERROR_SUFFIX,
-    _locked,
+    locked as _locked,
     find_checkpoints,
     merge_results,
     parse_shard,

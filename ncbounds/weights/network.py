@@ -55,7 +55,8 @@ extraction is applied to a copy with those weights loaded (BatchNorm folded with
 initialization), and every layer gets ``init_weight`` / ``init_bias``.
 
 Modules: the data types live in :mod:`ncbounds.weights.chain`, the tracing and per-module rules in
-:mod:`ncbounds.weights.tracing`; this module assembles them (:func:`extract_network`, :func:`network_for`)
+:mod:`ncbounds.weights.tracing`; this module assembles them (:func:`extract_network`; the bounds keep one
+extraction per evaluation on their context, :func:`ncbounds.bounds.margin_tools.network_of`)
 and re-exports every name it defined before the split. Where the weight quantities enter the bounds: the
 "Bounds" section of ``docs/architecture.md``.
 """
@@ -63,7 +64,6 @@ and re-exports every name it defined before the split. Where the weight quantiti
 from __future__ import annotations
 
 import copy
-import weakref
 from typing import Any
 
 import torch
@@ -91,7 +91,7 @@ from ncbounds.weights.tracing import (  # noqa: F401 - private names re-exported
     _unsupported,
 )
 
-__all__ = ["LinearLayer", "Nonlinearity", "NetworkWeights", "extract_network", "network_for"]
+__all__ = ["LinearLayer", "Nonlinearity", "NetworkWeights", "extract_network"]
 
 
 def _operator_norm(layer: LinearLayer, weight: torch.Tensor) -> OperatorNorm:
@@ -229,31 +229,3 @@ def _attach_init(net: NetworkWeights, model: nn.Module, shape: tuple[int, ...], 
     for a, b in zip(net.layers, ref.layers, strict=True):
         a.init_weight, a.init_bias = b.weight, b.bias
     net.init_available = True
-
-
-# ------------------------------------------------------------------------------------------------
-# one extraction per (model state, input shape, init state), shared by the bounds of one evaluation
-
-
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: nn.Module) -> tuple:
-    return tuple((k, v.data_ptr(), v._version, tuple(v.shape)) for k, v in model.state_dict(keep_vars=True).items())
-
-
-def network_for(ctx: Any) -> NetworkWeights:
-    """:func:`extract_network` of ``ctx.model`` / ``ctx.input_shape`` / ``ctx.init_state``, cached per model state."""
-    model = ctx.model
-    key = (_fingerprint(model), tuple(ctx.input_shape), id(ctx.init_state), int(getattr(ctx.options, "seed", 0)))
-    try:
-        per_model = _CACHE.setdefault(model, {})
-    except TypeError:
-        per_model = {}
-    hit = per_model.get(key)
-    if hit is not None and hit[0] is ctx.init_state:
-        return hit[1]
-    net = extract_network(model, ctx.input_shape, ctx.init_state, seed=int(getattr(ctx.options, "seed", 0)))
-    per_model.clear()
-    per_model[key] = (ctx.init_state, net)
-    return net

@@ -1,10 +1,10 @@
-"""Ray backend of ``ncbounds batch`` (``--backend ray``): one Ray task per checkpoint (DESIGN §9).
+"""Ray backend of ``ncbounds batch`` (``--backend ray``): one Ray task per checkpoint.
 
-Only :func:`run_on_ray` is called by :func:`ncbounds.batch.run_batch`; everything else here is
+Only :func:`run_on_ray` is called by :func:`ncbounds.batch.run.run_batch`; everything else here is
 internal. Ray is an optional dependency (``pip install 'ncbounds[ray]'``) and is imported only when
 this backend is used.
 
-**Who does what.** Each task runs :func:`ncbounds.batch._evaluate_task` on a Ray worker: it evaluates
+**Who does what.** Each task runs :func:`ncbounds.batch.tasks.evaluate_task` on a Ray worker: it evaluates
 one checkpoint with ``torch.set_num_threads(int(cpus_per_task))`` and returns the record as a dict,
 or a failure (one-sentence reason, exception type, exit code, traceback). It never touches the
 results folder. The **driver** (the process that runs ``ncbounds batch``) writes every record and
@@ -86,11 +86,11 @@ def evaluate_checkpoint(task, threads: int, cwd: str | None) -> dict:
     """Ray task body: evaluate ``task`` with ``threads`` torch threads in ``cwd``; the outcome, no files."""
     import torch
 
-    from ncbounds.batch import _evaluate_task
+    from ncbounds.batch.tasks import evaluate_task
 
     torch.set_num_threads(max(1, threads))
     with _working_directory(cwd):
-        return _evaluate_task(task)
+        return evaluate_task(task)
 
 
 @contextlib.contextmanager
@@ -187,11 +187,12 @@ def _lost(task, exc: BaseException) -> dict:
 
 def _task_error(task, exc: BaseException) -> dict:
     """Outcome for an application-level Ray error raised around the task body (treated as unexpected)."""
-    from ncbounds.batch import ERROR_SUFFIX, _one_sentence
+    from ncbounds.batch.files import ERROR_SUFFIX
+    from ncbounds.batch.tasks import one_sentence
 
     cause = getattr(exc, "cause", None)
     shown = cause if isinstance(cause, BaseException) else exc
-    return {"status": "failed", "reason": _one_sentence(shown, f"{task.name}{ERROR_SUFFIX}"), "type": type(shown).__name__,
+    return {"status": "failed", "reason": one_sentence(shown, f"{task.name}{ERROR_SUFFIX}"), "type": type(shown).__name__,
             "exit_code": 1, "traceback": str(exc), "retry": True}
 
 
@@ -205,7 +206,7 @@ def run_on_ray(
     max_in_flight: int | None = None,
     debug: bool = False,
 ) -> None:
-    """Evaluate ``tasks`` (``ncbounds.batch._Task``) as Ray tasks; ``finish(task, outcome, t0)`` per task, in the driver.
+    """Evaluate ``tasks`` (:class:`ncbounds.batch.tasks.Task`) as Ray tasks; ``finish(task, outcome, t0)`` per task, in the driver.
 
     ``finish`` writes the record or error file and counts it; it is called exactly once per task, in
     the order the results arrive. See the module docstring for clusters, resources and retries.
