@@ -1,8 +1,8 @@
 """``ncbounds batch DIR``: evaluate every checkpoint of a folder, one JSON record each (thin front end).
 
 Registered by ``cli/main.py`` with ``main.add_command(batch)``; the shared options and error handling
-come from ``cli.common`` (not ``cli.main``), so importing this module first is safe. The work is done by
-:func:`ncbounds.batch.run_batch`; see its module docstring for result names, ``--resume`` identity
+come from ``ncbounds.cli.common`` (not ``ncbounds.cli.main``), so importing this module first is safe. The work is done by
+:func:`ncbounds.batch.run_batch`; see the :mod:`ncbounds.batch` package for result names, ``--resume`` identity
 and which files count as checkpoints, and :mod:`ncbounds.ray_backend` for ``--backend ray``.
 """
 
@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cli.common import _options_from, evaluation_options, handle_errors
+from ncbounds.cli.common import _options_from, evaluation_options, handle_errors
 
 
 def _log(message: str) -> None:

@@ -1,6 +1,6 @@
 """Helpers shared by the command modules: error handling, output, shared evaluation options.
 
-Kept apart from ``cli.main`` so command modules can import them without importing the group
+Kept apart from ``ncbounds.cli.main`` so command modules can import them without importing the group
 (which imports the command modules).
 """
 

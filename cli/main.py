@@ -10,7 +10,7 @@ import json
 
 import click
 
-from cli.common import _fail, _json_object, _options_from, _write, check_output, evaluation_options, handle_errors  # noqa: F401 - re-exported
+from ncbounds.cli.common import _fail, _json_object, _options_from, _write, check_output, evaluation_options, handle_errors  # noqa: F401 - re-exported
 from ncbounds.errors import NCBoundsError
 
 
@@ -141,9 +141,9 @@ def conventions():
 
 def _register_subcommands() -> None:
     """Commands defined in their own modules (batch, exports), attached to the group."""
-    from cli.batch_cmd import batch
-    from cli.merge_cmd import merge
-    from cli.results_cmd import correlate, export, plot
+    from ncbounds.cli.batch_cmd import batch
+    from ncbounds.cli.merge_cmd import merge
+    from ncbounds.cli.results_cmd import correlate, export, plot
 
     for command in (batch, merge, export, correlate, plot):
         main.add_command(command)

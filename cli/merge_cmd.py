@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import handle_errors
+from ncbounds.cli.common import handle_errors
 
 
 @click.command("merge")

@@ -1,7 +1,7 @@
 """`ncbounds export`, `ncbounds correlate`, `ncbounds plot`: commands over a results folder (DESIGN §7).
 
 The command objects are registered on the ``main`` group by ``cli/main.py``; the error handling and
-the output writer come from ``cli.common``.
+the output writer come from ``ncbounds.cli.common``.
 Data goes to stdout or ``-o FILE``; notes (skipped files) go to stderr.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import _write, check_output, handle_errors
+from ncbounds.cli.common import _write, check_output, handle_errors
 
 
 def _load(results: str):

@@ -37,7 +37,7 @@ from click.testing import CliRunner
 import ncbounds.batch
 import ncbounds.batch.local
 import ncbounds.bounds.runner as bound_runner
-from cli.main import main  # cli/main.py registers `batch`; registered below if it does not (yet)
+from ncbounds.cli.main import main  # cli/main.py registers `batch`; registered below if it does not (yet)
 from ncbounds.batch import (
     ERROR_SUFFIX,
     find_checkpoints,
@@ -51,7 +51,7 @@ from ncbounds.models import build_model
 from ncbounds.pipeline import EvalOptions
 
 if "batch" not in main.commands:
-    from cli.batch_cmd import batch
+    from ncbounds.cli.batch_cmd import batch
 
     main.add_command(batch)
 
@@ -92,7 +92,7 @@ except Exception:
 '''
 
 #: Runs the click group with `batch` registered whether or not cli/main.py registers it already.
-_CLI = ("import sys; from cli.main import main; from cli.batch_cmd import batch; "
+_CLI = ("import sys; from ncbounds.cli.main import main; from ncbounds.cli.batch_cmd import batch; "
         "'batch' in main.commands or main.add_command(batch); main(prog_name='ncbounds')")
 
 

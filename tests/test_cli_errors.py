@@ -29,7 +29,7 @@ from helpers_models import (
     write_npz,
 )
 
-from cli.main import main
+from ncbounds.cli.main import main
 from ncbounds.models import build_model
 
 REPO = os.path.dirname(TESTS_DIR)
@@ -49,8 +49,8 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-#: What the ``ncbounds`` console script runs (setup.cfg: ``ncbounds = cli.main:main``).
-ENTRY_POINT = "import sys; from cli.main import main; sys.exit(main())"
+#: What the ``ncbounds`` console script runs (setup.cfg: ``ncbounds = ncbounds.cli.main:main``).
+ENTRY_POINT = "import sys; from ncbounds.cli.main import main; sys.exit(main())"
 
 
 def _env() -> dict:
@@ -192,7 +192,7 @@ def test_malicious_pickle_not_executed(tmp_path, files, command):
 
 
 def test_python_dash_m_cli_main():
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "ncbounds.cli.main", "--help"], capture_output=True, text=True, env=_env(),
                           cwd=REPO, timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 0 and "report" in proc.stdout

@@ -373,8 +373,8 @@ def test_commands(folder, tmp_path, monkeypatch):
     click = pytest.importorskip("click")
     from click.testing import CliRunner
 
-    from cli.results_cmd import correlate, plot
-    from cli.results_cmd import export as export_cmd
+    from ncbounds.cli.results_cmd import correlate, plot
+    from ncbounds.cli.results_cmd import export as export_cmd
 
     group = click.Group("ncbounds", commands={"export": export_cmd, "correlate": correlate, "plot": plot})
     root = str(folder[0])

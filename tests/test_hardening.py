@@ -26,7 +26,7 @@ import torch
 from click.testing import CliRunner
 from helpers_models import ARCH, digits_split, one_torch_thread, trained_mlp, write_npz
 
-from cli.main import main
+from ncbounds.cli.main import main
 from ncbounds.batch import ERROR_SUFFIX, merge_results, run_batch
 from ncbounds.errors import NCBoundsError, UsageError
 from ncbounds.pipeline import EvalOptions, evaluate
@@ -603,7 +603,7 @@ def _closed_pipe_run(*args):
     os.close(read_end)
     try:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        return subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *map(str, args)], stdout=write_end,
+        return subprocess.run([sys.executable, "-c", "from ncbounds.cli.main import main; main()", *map(str, args)], stdout=write_end,
                               stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, timeout=120)
     finally:
         os.close(write_end)

@@ -56,7 +56,7 @@ from test_batch import (  # noqa: E402 - shared fixtures and helpers of the batc
 from ncbounds.batch import ERROR_SUFFIX, run_batch  # noqa: E402
 from ncbounds.pipeline import EvalOptions  # noqa: E402
 
-_CLI = "from cli.main import main; main(prog_name='ncbounds')"
+_CLI = "from ncbounds.cli.main import main; main(prog_name='ncbounds')"
 TASK_TITLE = "ray::evaluate_checkpoint"  # process title of a Ray worker while it runs our task
 
 _MODELS = '''\
