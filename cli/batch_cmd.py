@@ -3,7 +3,7 @@
 Registered by ``cli/main.py`` with ``main.add_command(batch)``; the shared options and error handling
 come from ``ncbounds.cli.common`` (not ``ncbounds.cli.main``), so importing this module first is safe. The work is done by
 :func:`ncbounds.batch.run_batch`; see the :mod:`ncbounds.batch` package for result names, ``--resume`` identity
-and which files count as checkpoints, and :mod:`ncbounds.ray_backend` for ``--backend ray``.
+and which files count as checkpoints, and :mod:`ncbounds.batch.ray` for ``--backend ray``.
 """
 
 from __future__ import annotations
