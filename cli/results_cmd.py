@@ -1,4 +1,4 @@
-"""`ncbounds export`, `ncbounds correlate`, `ncbounds plot`: commands over a results folder (DESIGN §7).
+"""`ncbounds export`, `ncbounds correlate`, `ncbounds plot`: commands over a results folder.
 
 The command objects are registered on the ``main`` group by ``cli/main.py``; the error handling and
 the output writer come from ``ncbounds.cli.common``.

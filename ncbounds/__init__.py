@@ -8,7 +8,7 @@ Python API::
     table = ncbounds.load_results("run/ncbounds-results")   # one row per checkpoint
 """
 
-__version__ = "0.1.0"
+from ncbounds.version import __version__
 
 
 def evaluate(checkpoint=None, options=None, **kwargs):

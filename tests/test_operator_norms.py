@@ -358,7 +358,9 @@ def test_network_norms_fall_back_to_the_cpu_when_the_device_fails(monkeypatch):
     model = nn.Sequential(layer, nn.Flatten(), nn.Linear(4 * 36, 2))
     cpu = network_module.extract_network(model, (3, 6, 6)).layers[0].op_norm
     calls = []
-    real = network_module.conv_operator_norm_upper
+    from ncbounds.weights import layer_norms
+
+    real = layer_norms.conv_operator_norm_upper
 
     def flaky(*args, device=None, **kwargs):
         calls.append(device)
@@ -366,7 +368,7 @@ def test_network_norms_fall_back_to_the_cpu_when_the_device_fails(monkeypatch):
             raise RuntimeError("out of memory on the pretend device")
         return real(*args, device=device, **kwargs)
 
-    monkeypatch.setattr(network_module, "conv_operator_norm_upper", flaky)
+    monkeypatch.setattr(layer_norms, "conv_operator_norm_upper", flaky)
     net = network_module.extract_network(model, (3, 6, 6))
     net.layers[0].norm_device = torch.device("meta")
     again = network_module._operator_norm(net.layers[0], net.layers[0].weight)

@@ -1,6 +1,13 @@
-"""Bound catalogue (DESIGN §6). Each bound is a pure function of a BoundContext; see ``runner``."""
+"""The bound catalogue: each bound is a pure function of a BoundContext, registered once (see ``base``).
 
-from ncbounds.bounds.base import REGISTRY, BoundResult, register
-from ncbounds.bounds.runner import explain, load_catalogue, run_bounds, select_bounds
+``runner`` selects bounds by name or group, resolves their typed settings and runs them; ``replay`` holds
+the per-sample statistics that only bounds need. See ``docs/architecture.md``, *Bounds*.
+"""
 
-__all__ = ["REGISTRY", "BoundResult", "explain", "load_catalogue", "register", "run_bounds", "select_bounds"]
+from ncbounds.bounds.base import REGISTRY, BoundResult, Evaluation, NotApplicable, register
+from ncbounds.bounds.runner import explain, load_catalogue, resolve_bound_options, run_bounds, select_bounds
+
+__all__ = [
+    "REGISTRY", "BoundResult", "Evaluation", "NotApplicable", "explain", "load_catalogue", "register", "resolve_bound_options",
+    "run_bounds", "select_bounds",
+]

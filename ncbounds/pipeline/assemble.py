@@ -8,7 +8,7 @@ import platform
 import numpy as np
 import torch
 
-import ncbounds
+from ncbounds.version import __version__
 from ncbounds.features import PENULTIMATE
 from ncbounds.metrics.collapse import collapse_notes
 from ncbounds.metrics.functional import split_metrics
@@ -78,7 +78,7 @@ def assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None) 
         model_info = {"arch": "linear head from features file", "num_classes": num_classes, "penultimate": "features file", "num_params": int(head[0].numel() + head[1].numel())}
     options = opts.to_record()
     provenance = {
-        "ncbounds": ncbounds.__version__,
+        "ncbounds": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

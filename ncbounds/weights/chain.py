@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncbounds.weights.layer_norms import _operator_norm
 from ncbounds.weights.operator_norms import OperatorNorm
 
 __all__ = ["LinearLayer", "NetworkWeights", "Nonlinearity"]
@@ -130,8 +131,6 @@ class LinearLayer:
 
     def operator_norm_of(self, weight: torch.Tensor) -> OperatorNorm:
         """Certified operator norm of this layer's map with another weight (e.g. W − W⁰)."""
-        from ncbounds.weights.network import _operator_norm  # defined there; imported late (network imports this module)
-
         return _operator_norm(self, weight)
 
 

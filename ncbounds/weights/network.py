@@ -71,7 +71,8 @@ from torch import nn
 
 from ncbounds.weights.chain import _CONV_FN, LinearLayer, NetworkWeights, Nonlinearity  # noqa: F401 - re-exported
 from ncbounds.weights.folding import fold_batchnorm
-from ncbounds.weights.operator_norms import OperatorNorm, conv_operator_norm_upper, linear_operator_norm
+from ncbounds.weights.layer_norms import _operator_norm  # noqa: F401 - re-exported
+from ncbounds.weights.operator_norms import OperatorNorm, conv_operator_norm_upper, linear_operator_norm  # noqa: F401
 from ncbounds.weights.tracing import (  # noqa: F401 - private names re-exported for existing imports
     _ADAPTIVE_MAXPOOL,
     _AVGPOOL,
@@ -92,26 +93,6 @@ from ncbounds.weights.tracing import (  # noqa: F401 - private names re-exported
 )
 
 __all__ = ["LinearLayer", "Nonlinearity", "NetworkWeights", "extract_network"]
-
-
-def _operator_norm(layer: LinearLayer, weight: torch.Tensor) -> OperatorNorm:
-    """Certified operator norm of x ↦ weight·x with ``layer``'s geometry; a failing device falls back to the CPU."""
-    if layer.conv is None:
-        return linear_operator_norm(weight)
-    cfg = layer.conv
-
-    def on(device):
-        return conv_operator_norm_upper(weight, layer.spatial_shape, stride=cfg["stride"], padding=cfg["padding"],
-                                        dilation=cfg["dilation"], groups=cfg["groups"], padding_mode=cfg["padding_mode"],
-                                        device=device)
-
-    device = layer.norm_device
-    if device is None or torch.device(device).type == "cpu":
-        return on(None)
-    try:
-        return on(device)
-    except (RuntimeError, NotImplementedError):  # the device lacks the memory or a complex op: same value on the CPU
-        return on(None)
 
 
 def extract_network(model: nn.Module, input_shape: Any, init_state: dict[str, torch.Tensor] | None = None, *,
