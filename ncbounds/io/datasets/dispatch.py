@@ -10,6 +10,7 @@ from ncbounds.io.datasets.cifar import _cifar_root, _load_cifar
 from ncbounds.io.datasets.core import DataSource, _resolve
 from ncbounds.io.datasets.files import _load_features, _load_npz
 from ncbounds.io.datasets.generated import _load_digits, _load_gaussian_etf, _load_mnist1d
+from ncbounds.io.datasets.selection import apply_selection, split_selection
 
 __all__ = ["DATA_KINDS", "data_files", "load_data"]
 
@@ -42,6 +43,7 @@ def data_files(spec: str, base_dir: str | None = None) -> list[str]:
         return []
     head, _, rest = spec.strip().partition(":")
     kind = head.strip().lower().replace("_", "-")
+    rest = split_selection(rest, spec)[0] if kind in _LOADERS else rest
     if kind in ("npz", "features"):
         return [os.path.abspath(_resolve(rest, base_dir))] if rest.strip() else []
     if kind in ("cifar10", "cifar100"):
@@ -60,8 +62,9 @@ def load_data(spec: str, base_dir: str | None = None) -> DataSource:
     """Load the data named by ``spec`` (forms and conventions in the module docstring).
 
     ``base_dir`` resolves relative file paths (e.g. the sidecar's folder). Nothing is downloaded.
-    Raises :class:`UsageError` for an unknown kind or bad options and :class:`DataError` for
-    missing or malformed data.
+    Every kind also takes the selections ``classes=…`` and ``imbalance=…``
+    (:mod:`ncbounds.io.datasets.selection`), written after its own options. Raises :class:`UsageError`
+    for an unknown kind or bad options and :class:`DataError` for missing or malformed data.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError("the data spec is empty; pass --data, e.g. `digits` or `npz:data.npz`")
@@ -73,4 +76,5 @@ def load_data(spec: str, base_dir: str | None = None) -> DataSource:
         raise UsageError(
             f"unknown data kind `{head}` in spec `{spec}`; known kinds: {', '.join(DATA_KINDS)}"
         )
-    return loader(spec, rest, base_dir)
+    rest, selection = split_selection(rest, spec)
+    return apply_selection(loader(spec, rest, base_dir), selection)
