@@ -130,8 +130,10 @@ def evaluation_options(func):
             opts.append(click.option(meta["flag"], f.name, is_flag=True, help=meta["help"]))
         elif kind == "bound_options":
             opts.append(click.option(meta["flag"], f.name, multiple=True, metavar="NAME.KEY=VALUE", help=meta["help"]))
-        elif kind in ("json", "shots") or f.default is None:
+        elif kind in ("json", "shots"):
             opts.append(click.option(meta["flag"], f.name, help=meta["help"]))
+        elif f.default is None:
+            opts.append(click.option(meta["flag"], f.name, type=_annotation_type(f.type), help=meta["help"]))
         else:
             kind_type = click.Choice(meta["choices"]) if meta["choices"] else _annotation_type(f.type)
             opts.append(click.option(meta["flag"], f.name, type=kind_type, default=f.default, show_default=True, help=meta["help"]))

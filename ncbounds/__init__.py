@@ -8,7 +8,10 @@ Python API::
     table = ncbounds.load_results("run/ncbounds-results")   # one row per checkpoint
 """
 
+from ncbounds.threads import configure_wait_policy
 from ncbounds.version import __version__
+
+configure_wait_policy()  # before torch is imported: waiting OpenMP threads sleep instead of spinning
 
 
 def evaluate(checkpoint=None, options=None, **kwargs):

@@ -50,8 +50,10 @@ class EvalOptions:
 
     arch: str | None = _opt(flag="--arch", help="Architecture spec: mlp:width=512, resnet18-cifar, file.py:Class, pkg.mod:factory.")
     arch_kwargs: dict = _opt(flag="--arch-kwargs", kind="json", factory=dict, help="JSON object of architecture keyword arguments.")
-    data: str | None = _opt(flag="--data", help="Data spec: digits, mnist1d, gaussian-etf:K=10,d=64, npz:FILE, cifar10:ROOT, features:FILE.")
-    layers: str | None = _opt(flag="--layers", help="Extra layers to measure: NAME,NAME or 'all' (the penultimate layer is always measured).")
+    data: str | None = _opt(flag="--data",
+                            help="Data spec: digits, mnist1d, gaussian-etf:K=10,d=64, npz:FILE, cifar10:ROOT, features:FILE.")
+    layers: str | None = _opt(flag="--layers",
+                              help="Extra layers to measure: NAME,NAME or 'all' (the penultimate layer is always measured).")
     device: str = _opt("auto", flag="--device", identity=False, help="auto | cpu | cuda[:N].")
     batch_size: int = _opt(256, flag="--batch-size", identity=False, help="Samples per forward pass.")
     conv_reduce: str = _opt("avg", flag="--conv-reduce", choices=("avg", "flatten"), help="Reduction of conv feature maps.")
@@ -75,6 +77,8 @@ class EvalOptions:
     bound_options: dict = _opt(flag="--bound-option", kind="bound_options", factory=dict, since="0.2",
                                help="A bound's own setting, NAME.KEY=VALUE (NAME a bound or a group; repeatable); "
                                     "`ncbounds list-bounds --explain NAME` lists them.")
+    threads: int | None = _opt(flag="--threads", identity=False, since="0.2",
+                               help="Torch threads per evaluation (default: the cores this process may use, divided among --jobs).")
     progress: bool = _opt(False, flag=None, identity=False, record=False, help="Draw progress bars on stderr.")
     debug: bool = _opt(False, flag=None, identity=False, record=False, help="Let exceptions through (tracebacks).")
 
@@ -104,6 +108,8 @@ class EvalOptions:
             raise bad("conv_reduce", f"must be 'avg' or 'flatten', not {self.conv_reduce!r}.")
         if self.shots is not None and (not self.shots or any(not isinstance(m, int) or m < 1 for m in self.shots)):
             raise bad("shots", f"must be positive integers such as 1,5,10, not {self.shots!r}.")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1):
+            raise bad("threads", f"must be a positive integer, got {self.threads}.")
         if not isinstance(self.arch_kwargs, dict):
             raise bad("arch_kwargs", "must be a dict (a JSON object on the command line).")
         get_convention(self.convention)

@@ -25,8 +25,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from helpers_models import ARCH, digits_split, one_torch_thread, trained_mlp, write_npz
-
 from ncbounds.cli.main import main
+
 from ncbounds.batch import ERROR_SUFFIX, merge_results, run_batch
 from ncbounds.errors import NCBoundsError, UsageError
 from ncbounds.pipeline import EvalOptions, evaluate

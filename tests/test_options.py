@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from ncbounds.cli.common import _options_from
+from ncbounds.cli.main import main
 
 from ncbounds.batch import options_hash
 from ncbounds.bounds.runner import resolve_bound_options, select_bounds
-from ncbounds.cli.common import _options_from
-from ncbounds.cli.main import main
 from ncbounds.errors import UsageError
 from ncbounds.options import EvalOptions, option_fields
 

@@ -1,7 +1,8 @@
 """The local executor: tasks in this process (``jobs=1``) or in N spawned worker processes.
 
 ``jobs=N`` evaluates in N worker processes (``spawn`` context, so CUDA works in the workers) with
-``torch.set_num_threads(max(1, cores // N))`` each; every evaluation is seeded by ``options.seed``, so
+``--threads`` (default :func:`ncbounds.threads.default_threads`: the cores this process may use, divided
+by N) torch threads each; every evaluation is seeded by ``options.seed``, so
 records equal those of ``jobs=1`` (timings and ``created`` aside). If a worker dies (killed, out of
 memory), the checkpoints it may have been evaluating (at most ``N``) get an error record saying so and
 the rest continue in a fresh pool; ``--resume`` re-runs them.
@@ -18,8 +19,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 from ncbounds.batch.tasks import Task, run_task, write_failure
+from ncbounds.threads import default_threads
 
-__all__ = ["available_cores", "run_parallel"]
+__all__ = ["run_parallel"]
 
 def _init_worker(threads: int) -> None:
     """Worker start-up: limit torch's intra-op threads so N workers share the cores."""
@@ -28,11 +30,6 @@ def _init_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 def run_parallel(tasks: list[Task], jobs: int, collect: Callable[[dict], None]) -> None:
     """Evaluate ``tasks`` in ``jobs`` spawned worker processes, at most ``jobs`` in flight.
@@ -41,7 +38,7 @@ def run_parallel(tasks: list[Task], jobs: int, collect: Callable[[dict], None]) 
     killed the worker cannot be told apart) and the remaining tasks continue in a fresh pool. Every
     pool makes progress (its first submission cannot fail), so this ends.
     """
-    threads = max(1, available_cores() // jobs)
+    threads = (tasks[0].options.threads if tasks else None) or default_threads(jobs)
     ctx = multiprocessing.get_context("spawn")
     pending = deque(tasks)
     while pending:

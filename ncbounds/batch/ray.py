@@ -60,6 +60,7 @@ from collections import deque
 from typing import Callable
 
 from ncbounds.errors import NCBoundsError, UsageError
+from ncbounds.threads import available_cores
 
 __all__ = ["INSTALL_HINT", "import_ray", "run_on_ray"]
 
@@ -123,13 +124,6 @@ def _remote(ray):
 # the driver
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def _connected(ray, address: str | None, max_in_flight: int | None, cpus_per_task: float, debug: bool):
     """Connect to (or start) a cluster for the duration of the batch; disconnect/stop it afterwards."""
@@ -141,7 +135,7 @@ def _connected(ray, address: str | None, max_in_flight: int | None, cpus_per_tas
         if address:
             ray.init(address=address, **common)
         else:
-            cpus = math.ceil(max_in_flight * cpus_per_task) if max_in_flight else _available_cores()
+            cpus = math.ceil(max_in_flight * cpus_per_task) if max_in_flight else available_cores()
             ray.init(address="local", num_cpus=max(1, cpus), include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"

@@ -26,6 +26,7 @@ from ncbounds.errors import Interrupted, NCBoundsError, UsageError
 from ncbounds.io.sidecar import read_sidecar
 from ncbounds.options import EvalOptions
 from ncbounds.progress import Progress
+from ncbounds.threads import default_threads
 
 __all__ = ["BACKENDS", "BatchFailure", "BatchSummary", "run_batch"]
 
@@ -172,6 +173,9 @@ def run_batch(
     task_options = options
     if backend == "ray" and options.device == "auto":  # a task uses the devices Ray gave it, nothing else
         task_options = dataclasses.replace(options, device="cuda" if gpus > 0 else "cpu")
+    if task_options.threads is None:  # share the cores: --jobs workers locally, the CPUs Ray gives a task
+        per_task = max(1, int(cpus)) if backend == "ray" else default_threads(jobs or 1)
+        task_options = dataclasses.replace(task_options, threads=per_task)
     with locked(out, shard):
         exclude = [out] + ([options.init] if options.init else [])
         checkpoints, hidden = discover(root_path, glob, exclude)  # --init is not a trained model either

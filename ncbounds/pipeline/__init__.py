@@ -36,6 +36,7 @@ from ncbounds.pipeline.passes import SPLITS, run_passes
 from ncbounds.pipeline.prepare import check_labels, prep_num_classes, prepare, resolve_device
 from ncbounds.report.record import BoundRecord, EvalRecord
 from ncbounds.stats.split import SplitStatistics
+from ncbounds.threads import default_threads, use_threads
 
 __all__ = ["SPLITS", "EvalOptions", "EvaluationRun", "evaluate", "resolve_device", "run_evaluation"]
 
@@ -59,9 +60,20 @@ def _options(options: EvalOptions | None, kwargs: dict) -> EvalOptions:
 
 
 def run_evaluation(checkpoint: str | None = None, options: EvalOptions | None = None, **kwargs) -> EvaluationRun:
-    """Evaluate one checkpoint and keep the statistics (see :func:`evaluate` for the arguments)."""
+    """Evaluate one checkpoint and keep the statistics (see :func:`evaluate` for the arguments).
+
+    Torch runs with ``options.threads`` intra-op threads (default: the cores this process may use,
+    :func:`ncbounds.threads.default_threads`), restored afterwards; the record says how many."""
     opts = _options(options, kwargs)
     selected = opts.validate()  # every option checked before any work
+    threads = opts.threads or default_threads(1)
+    with use_threads(threads):
+        run = _run(checkpoint, opts, selected)
+    run.record.provenance["threads"] = threads
+    return run
+
+
+def _run(checkpoint: str | None, opts: EvalOptions, selected: list[str]) -> EvaluationRun:
     conv = get_convention(opts.convention)
     torch.manual_seed(opts.seed)
     t_start = time.perf_counter()
