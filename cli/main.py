@@ -128,7 +128,7 @@ def demo(out_dir, epochs, seed, tutorial):
 @handle_errors
 def list_bounds(name):
     """Print the bound catalogue (name, status, what it bounds, reference)."""
-    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, explain, load_catalogue
+    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, TASK_GROUPS, explain, load_catalogue
 
     if name:
         click.echo(explain(name))
@@ -137,6 +137,7 @@ def list_bounds(name):
     width = max(len(n) for n in catalogue)
     for spec in sorted(catalogue.values(), key=lambda s: (s.group, s.name)):
         cost = " (Monte Carlo; not in default)" if spec.group in EXPENSIVE_GROUPS else ""
+        cost = " (multi-label data; added there automatically)" if spec.group in TASK_GROUPS else cost
         click.echo(f"{spec.name:<{width}}  {spec.status:<15}  {spec.group:<14}  {spec.bounds}{cost}\n{'':<{width}}  ↳ {spec.reference}")
 
 

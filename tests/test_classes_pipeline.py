@@ -75,7 +75,8 @@ def test_per_class_rows_match_the_reference_on_both_splits(features_case):
     rec, W, b = features_case["record"], features_case["W"], features_case["b"]
     h_tr, y_tr = features_case["train"]
     train_means = class_statistics(h_tr, y_tr, len(W))[1]
-    keys = ("n", "errors", "error", "ci95", "variability", "mean_norm", "classifier_norm", "bias", "margin_median", "ncc_error", "nc1_share")
+    keys = ("n", "errors", "error", "ci95", "variability", "mean_norm", "classifier_norm", "bias", "margin_median", "ncc_error",
+            "nc1_share")
     for split in ("train", "test"):
         h, y = features_case[split]
         want, _, _ = ref_per_class(h, y, len(W), W, b, train_means)
@@ -250,3 +251,35 @@ def test_seli_distance_equals_the_etf_error_of_the_reference_for_balanced_counts
     seli = ref_seli(W, Mt, np.full(5, 30))
     assert close(seli["seli_distance_W"], etf_error(W @ W.T)) and close(seli["seli_distance_M"], etf_error(Mt @ Mt.T))
     assert close(seli["seli_distance_logits"], etf_error(W @ Mt.T))
+
+
+# ------------------------------------------------------------------------------------------------
+# the in-pass per-class terms against the stand-alone per-class replay
+# ------------------------------------------------------------------------------------------------
+
+
+def test_in_pass_terms_equal_the_stand_alone_replay_and_merge_by_shards():
+    from ncbounds.stats.class_stats import ClassStats
+    from ncbounds.stats.ncc import NCCCounter
+    from ncbounds.stats.per_class import PerClassReplay, PerClassTerms
+    from ncbounds.stats.projected import ProjectedStats
+
+    h, y, _, _ = imbalanced_data((50, 25, 12, 6), d=9, seed=11)
+    ht, yt = torch.as_tensor(h), torch.as_tensor(y)
+    stats = ClassStats(4, 9, "none").update(ht, yt)
+    ref_means = stats.means + 0.1  # NCC against other (reference) means, as on a test split
+    whole = ProjectedStats(stats.means, stats.counts, per_class=True).update(ht, yt)
+    counter = NCCCounter(ref_means).update(ht, yt)
+    shards = [ProjectedStats(stats.means, stats.counts, per_class=True).update(ht[i : i + 30], yt[i : i + 30])
+              for i in range(0, len(y), 30)]
+    merged = shards[0]
+    for other in shards[1:]:
+        merged.merge(other)
+    alone = PerClassReplay(stats.means, stats.counts, reference_means=ref_means).update(ht, yt)
+    terms = PerClassTerms(whole, counter)
+    assert torch.equal(terms.n, alone.n) and torch.equal(terms.ncc_errors, alone.ncc_errors)
+    assert torch.allclose(terms.nc1_terms, alone.nc1_terms, rtol=1e-12, atol=0)
+    assert torch.allclose(merged.class_terms, whole.class_terms, rtol=1e-12, atol=0)
+    # no between-class rank (one class present): no terms, and shares are None
+    one = ClassStats(4, 9, "none").update(ht[yt == 0], yt[yt == 0])
+    assert ProjectedStats(one.means, one.counts, per_class=True).class_terms is None
