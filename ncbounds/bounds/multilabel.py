@@ -28,9 +28,8 @@ from ncbounds.stats.binomial import kl_inverse_upper
 MULTILABEL_GROUP = "multilabel"
 #: bounds that hold on multi-label data
 MULTILABEL_BOUNDS = ("test_cp", "test_kl", "test_kl_hamming")
-SINGLE_LABEL_REASON = ("assumes one label per sample (a multiclass 0-1 error, margins or class statistics of single-label data), "
-                       "and this data is multi-label (multi-hot labels); on multi-label data the test-set certificates of the "
-                       "subset error (test_cp, test_kl) and of the Hamming error (test_kl_hamming) apply.")
+SINGLE_LABEL_REASON = ("assumes one label per sample and the data are multi-label; there, only the test-set certificates of "
+                       "the subset error (test_cp, test_kl) and of the Hamming error (test_kl_hamming) apply.")
 
 
 @register(bounds="population Hamming error of the network's multi-label decisions", status="certificate", group=MULTILABEL_GROUP,
