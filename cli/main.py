@@ -26,8 +26,10 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("-o", "--output", help="Write the report to this file instead of stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--per-class/--no-per-class", "per_class", default=None,
+              help="Show the per-class table and imbalance geometry (default: when the largest/smallest training count exceeds 3).")
 @handle_errors
-def report(checkpoint, fmt, output, quiet, debug=False, **kw):
+def report(checkpoint, fmt, output, quiet, per_class, debug=False, **kw):
     """Report collapse metrics and bounds for one CHECKPOINT (omit it with --data features:FILE)."""
     from ncbounds.pipeline import evaluate
     from ncbounds.report.table import render_table
@@ -39,7 +41,7 @@ def report(checkpoint, fmt, output, quiet, debug=False, **kw):
     record = evaluate(checkpoint, opts)
     for note in record.notes:
         click.echo(f"note: {note}", err=True)
-    _write(record.to_json() if fmt == "json" else render_table(record), output)
+    _write(record.to_json() if fmt == "json" else render_table(record, per_class=per_class), output)
 
 
 @main.command()
@@ -89,10 +91,19 @@ def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
 @click.option("--out", "out_dir", default="ncbounds-demo", show_default=True, help="Folder for checkpoints and results.")
 @click.option("--epochs", default=8, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--tutorial", type=click.Choice(["sweep", "imbalance", "multilabel"]), default="sweep", show_default=True,
+              help="sweep: the MLP sweep on digits; imbalance: a run on digits:imbalance=exp:20 (minority collapse across epochs); "
+                   "multilabel: a run on superposed MNIST-1D pairs (multi-label collapse). --epochs applies to sweep.")
 @handle_errors
-def demo(out_dir, epochs, seed):
+def demo(out_dir, epochs, seed, tutorial):
     """Train a small MLP sweep on the bundled digits (CPU, no download), evaluate every checkpoint,
-    print the last report and the correlation table, and write CSV and plots into OUT."""
+    print the last report and the correlation table, and write CSV and plots into OUT
+    (``--tutorial imbalance|multilabel``: the per-class tutorials instead)."""
+    if tutorial != "sweep":
+        from ncbounds.cli.demo_cmd import run_tutorial
+
+        run_tutorial(tutorial, out_dir, seed)
+        return
     from ncbounds.demo import run_demo
     from ncbounds.report.correlate import render_text
     from ncbounds.report.record import EvalRecord
@@ -117,7 +128,7 @@ def demo(out_dir, epochs, seed):
 @handle_errors
 def list_bounds(name):
     """Print the bound catalogue (name, status, what it bounds, reference)."""
-    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, explain, load_catalogue
+    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, TASK_GROUPS, explain, load_catalogue
 
     if name:
         click.echo(explain(name))
@@ -126,6 +137,7 @@ def list_bounds(name):
     width = max(len(n) for n in catalogue)
     for spec in sorted(catalogue.values(), key=lambda s: (s.group, s.name)):
         cost = " (Monte Carlo; not in default)" if spec.group in EXPENSIVE_GROUPS else ""
+        cost = " (multi-label data; added there automatically)" if spec.group in TASK_GROUPS else cost
         click.echo(f"{spec.name:<{width}}  {spec.status:<15}  {spec.group:<14}  {spec.bounds}{cost}\n{'':<{width}}  ↳ {spec.reference}")
 
 

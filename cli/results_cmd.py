@@ -69,15 +69,18 @@ def correlate(results, target, fmt, hparams, output):
 
 @click.command()
 @click.argument("results")
-@click.option("--kind", type=click.Choice(["bounds", "epochs", "layers"]), required=True,
-              help="bounds: bound vs test error; epochs: metrics and bounds vs epoch; layers: log D_l vs layer.")
+@click.option("--kind", type=click.Choice(["bounds", "epochs", "layers", "classes"]), required=True,
+              help="bounds: bound vs test error; epochs: metrics and bounds vs epoch; layers: log D_l vs layer; "
+                   "classes: per-class quantities vs training count and the classifier cosine matrix (one checkpoint).")
 @click.option("-o", "--output", required=True, help="Image file: .png or .pdf.")
 @click.option("--x", "x", default="hp.epoch", show_default=True, help="Horizontal axis of --kind epochs (hp.epoch or hp.step).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Split of --kind layers.")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None,
+              help="Split of --kind layers (default train) and --kind classes (default test).")
 @click.option("--predictors", is_flag=True, help="Also draw predictors in --kind bounds (they have no error scale).")
+@click.option("--checkpoint", help="--kind classes: the checkpoint whose path contains this text (default: the last in path order).")
 @handle_errors
-def plot(results, kind, output, x, split, predictors):
-    """Plot a RESULTS folder: bounds vs test error, metrics vs epoch, or log D_l vs layer."""
+def plot(results, kind, output, x, split, predictors, checkpoint):
+    """Plot a RESULTS folder: bounds vs test error, metrics vs epoch, log D_l vs layer, or one checkpoint's classes."""
     from ncbounds.report import plots
     from ncbounds.report.results import records_to_frame
 
@@ -87,8 +90,15 @@ def plot(results, kind, output, x, split, predictors):
         path = plots.plot_bounds(records_to_frame(records), output, predictors=predictors)
     elif kind == "epochs":
         path = plots.plot_epochs(records_to_frame(records), output, x=x)
+    elif kind == "layers":
+        path = plots.plot_layers(records, output, split=split or "train")
     else:
-        path = plots.plot_layers(records, output, split=split)
+        from ncbounds.report.class_plots import choose_record, plot_classes
+        from ncbounds.report.results import checkpoint_label
+
+        chosen = choose_record(records, checkpoint)
+        path = plot_classes([chosen], output, split=split or "test")
+        click.echo(f"note: classes of {(chosen.get('batch') or {}).get('relative_path') or checkpoint_label(chosen)}", err=True)
     click.echo(f"wrote {path}", err=True)
 
 

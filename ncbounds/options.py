@@ -77,6 +77,12 @@ class EvalOptions:
     bound_options: dict = _opt(flag="--bound-option", kind="bound_options", factory=dict, since="0.2",
                                help="A bound's own setting, NAME.KEY=VALUE (NAME a bound or a group; repeatable); "
                                     "`ncbounds list-bounds --explain NAME` lists them.")
+    minority: str | None = _opt(flag="--minority", since="0.2",
+                                help="Minority classes of the minority-collapse metrics: auto (the default: classes whose training count "
+                                     "is below √(n_max·n_min)) or a list such as 0,3-5.")
+    ml_decision: str = _opt("sigmoid", flag="--ml-decision", choices=("sigmoid", "top-m"), since="0.2",
+                            help="Decision rule of multi-label errors: sigmoid (label k when its logit > 0) or top-m (the m largest "
+                                 "logits, m the true number of labels, as Li et al. 2024 evaluate).")
     threads: int | None = _opt(flag="--threads", identity=False, since="0.2",
                                help="Torch threads per evaluation (default: the cores this process may use, divided among --jobs).")
     progress: bool = _opt(False, flag=None, identity=False, record=False, help="Draw progress bars on stderr.")
@@ -113,6 +119,15 @@ class EvalOptions:
         if not isinstance(self.arch_kwargs, dict):
             raise bad("arch_kwargs", "must be a dict (a JSON object on the command line).")
         get_convention(self.convention)
+        if self.minority not in (None, "auto"):
+            from ncbounds.io.datasets.selection import parse_classes
+
+            try:
+                parse_classes(self.minority, "--minority")
+            except UsageError:
+                raise bad("minority", f"must list class indices such as 0,3-5, not {self.minority!r}.") from None
+        if self.ml_decision not in ("sigmoid", "top-m"):
+            raise bad("ml_decision", f"must be 'sigmoid' or 'top-m', not {self.ml_decision!r}.")
         selected = select_bounds(self.bounds)
         resolve_bound_options(self.bound_options, selected)
         return selected

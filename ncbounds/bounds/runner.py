@@ -24,10 +24,14 @@ BOUND_MODULES = (
     "ncbounds.bounds.collapse_bounds",
     "ncbounds.bounds.nc_certificates",
     "ncbounds.bounds.predictors",
+    "ncbounds.bounds.multilabel",
 )
 
 #: Groups whose bounds evaluate perturbed networks many times (Monte Carlo); not in the default set.
 EXPENSIVE_GROUPS = ("pac-bayes", "jiang-flatness")
+#: Groups of bounds for one kind of data only: selected by name or group; on multi-label data the
+#: pipeline adds them itself (``bounds.multilabel.run_task_bounds``); default/all/certificates leave them out.
+TASK_GROUPS = ("multilabel",)
 
 
 def load_catalogue() -> dict[str, BoundSpec]:
@@ -45,12 +49,12 @@ def select_bounds(selection: str | None) -> list[str]:
     names: list[str] = []
     for item in (s.strip() for s in selection.split(",")):
         if item == "all":
-            names += list(catalogue)
+            names += [n for n, s in catalogue.items() if s.group not in TASK_GROUPS]
         elif item == "default":
-            names += [n for n, s in catalogue.items() if s.group not in EXPENSIVE_GROUPS]
+            names += [n for n, s in catalogue.items() if s.group not in EXPENSIVE_GROUPS + TASK_GROUPS]
         elif item in ("certificates", "predictors"):
             status = item[:-1] if item == "certificates" else "predictor"
-            names += [n for n, s in catalogue.items() if s.status == status]
+            names += [n for n, s in catalogue.items() if s.status == status and s.group not in TASK_GROUPS]
         elif item in {s.group for s in catalogue.values()}:
             names += [n for n, s in catalogue.items() if s.group == item]
         elif item in catalogue:

@@ -104,6 +104,15 @@ register_convention(Convention(
     ),
 ))
 register_convention(Convention(
+    name="hong-ling",
+    nc1_frequency_weighted=True,
+    description=(
+        "Hong & Ling (2023) for imbalanced classes: NC1 = Tr(Σ_W Σ_B,w⁺)/K with the frequency-weighted "
+        "Σ_B,w = Σ_c (n_c/N)(μ_c − μ̄)(·)ᵀ around the sample mean μ̄ (He & Su's SS_B; repo "
+        "WanliHongC/Neural-Collapse), i.e. nc1 becomes nc1_weighted; every other metric as canonical."
+    ),
+))
+register_convention(Convention(
     name="rhubarbwu",
     between_divisor="dimension",
     ncc_agreement=True,

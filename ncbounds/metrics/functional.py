@@ -17,7 +17,12 @@ from ncbounds.stats.split import SplitStatistics
 
 
 def split_metrics(split: SplitStatistics, layer: str, W=None, convention: Convention = CANONICAL) -> dict:
-    """All per-layer metrics of one finished split: collapse metrics, NCC error, NC4 and margins."""
+    """All per-layer metrics of one finished split: collapse metrics, NCC error, NC4 and margins
+    (for multi-label splits: :func:`ncbounds.metrics.classes.multilabel_split_metrics`)."""
+    if split.task == "multilabel":
+        from ncbounds.metrics.classes import multilabel_split_metrics
+
+        return multilabel_split_metrics(split, layer, W, convention)
     stats = split.layers[layer]
     out = collapse_metrics(stats, W if layer == split.penultimate else None, convention, split.projected.get(layer))
     counter = split.ncc.get(layer)

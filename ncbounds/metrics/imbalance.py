@@ -21,10 +21,10 @@ import math
 import numpy as np
 import torch
 
-from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.errors import StatisticsError, UsageError
 from ncbounds.metrics.collapse import separation_fuzziness
 from ncbounds.metrics.conventions import CANONICAL
+from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.stats.class_stats import ClassStats
 from ncbounds.stats.projected import ProjectedStats
 
@@ -331,7 +331,8 @@ def per_class_breakdown(
     if replay is not None:
         if not np.array_equal(replay.n.cpu().numpy(), counts):
             raise StatisticsError("the per-class replay saw different class counts than these statistics; replay the same split.")
-        shares = replay.nc1_shares().cpu().numpy()
+        shares = replay.nc1_shares()  # None when NC1 is undefined (no between-class rank)
+        shares = None if shares is None else shares.cpu().numpy()
         ncc_errors = replay.ncc_errors.cpu().numpy()
 
     rows = []

@@ -31,10 +31,10 @@ import math
 import numpy as np
 import torch
 
-from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.errors import UsageError
 from ncbounds.metrics.collapse import collapse_metrics, etf_error
 from ncbounds.metrics.conventions import CANONICAL
+from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.stats.multilabel import MultiLabelDecisions, MultiLabelStats
 from ncbounds.stats.projected import ProjectedStats
 
@@ -183,7 +183,7 @@ def pair_angles(stats: MultiLabelStats, centered: bool = True) -> list[dict]:
     pairs, counts, pmeans, singles, _ = view
     scale = _scale(stats)
     out = []
-    for (a, b), n, mean in zip(pairs.tolist(), counts.tolist(), pmeans):
+    for (a, b), n, mean in zip(pairs.tolist(), counts.tolist(), pmeans, strict=True):
         target = singles[a] + singles[b]
         ok = not _negligible(target.unsqueeze(0), scale) and not _negligible(mean.unsqueeze(0), scale)
         out.append({"pair": [a, b], "n": int(n), "angle_deg": math.degrees(float(_angle(mean, target))) if ok else None})

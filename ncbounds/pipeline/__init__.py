@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ncbounds.bounds.base import BoundResult
-from ncbounds.bounds.runner import run_bounds
+from ncbounds.bounds.multilabel import run_task_bounds
 from ncbounds.features import FeatureExtractor, find_head, resolve_layers
 from ncbounds.metrics.conventions import get_convention
 from ncbounds.options import EvalOptions
@@ -106,7 +106,7 @@ def _run(checkpoint: str | None, opts: EvalOptions, selected: list[str]) -> Eval
     if selected:
         t0 = time.perf_counter()
         ctx = bound_context(prep, splits, head, record, opts, device, num_classes, selected)
-        results: list[BoundResult] = run_bounds(ctx, selected, debug=opts.debug)
+        results: list[BoundResult] = run_task_bounds(ctx, selected, prep.data.task, debug=opts.debug)
         record.bounds = [BoundRecord.of(r) for r in results]
         if any(b["status"] == "certificate" for b in record.bounds):
             record.notes.append(f"each certificate holds with probability ≥ 1 − δ = {1 - opts.delta:g} on its own; "

@@ -10,16 +10,21 @@ import torch
 
 from ncbounds.version import __version__
 from ncbounds.features import PENULTIMATE
+from ncbounds.metrics.classes import multilabel_split_errors
 from ncbounds.metrics.collapse import collapse_notes
 from ncbounds.metrics.functional import split_metrics
 from ncbounds.metrics.layerwise import effective_depth, he_su_fit
+from ncbounds.pipeline.classes import add_class_sections
 from ncbounds.report.record import EvalRecord
 from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.stats.split import SplitStatistics
 
 
 def _errors(split: SplitStatistics) -> dict | None:
-    """Measured 0-1 error with its two-sided 95 % Clopper–Pearson interval; None without a classifier."""
+    """Measured 0-1 error with its two-sided 95 % Clopper–Pearson interval; None without a classifier
+    (multi-label data: the subset error, with the Hamming error beside it)."""
+    if split.task == "multilabel":
+        return multilabel_split_errors(split)
     if split.logits is None:
         return None
     k, n = split.logits.errors, split.logits.n
@@ -70,7 +75,7 @@ def assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None) 
         "spec": prep.data.spec,
         "kind": prep.data.kind,
         "num_classes": num_classes,
-        "splits": {name: {"n": int(split.layers[PENULTIMATE].total)} for name, split in splits.items()},
+        "splits": {name: {"n": int(split.n_samples)} for name, split in splits.items()},
         "info": prep.data.info,
     }
     model_info = prep.model_info
@@ -89,7 +94,7 @@ def assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None) 
         "hyperparameters_source": prep.hparams_source,
         "metadata": prep.metadata,
     }
-    return EvalRecord(
+    record = EvalRecord(
         checkpoint=prep.checkpoint_info,
         model=model_info,
         data=data_info,
@@ -102,3 +107,5 @@ def assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None) 
         options=options,
         notes=notes,
     )
+    add_class_sections(record, splits, head, opts)
+    return record

@@ -41,8 +41,8 @@ def bound_context(prep, splits, head, record, opts, device, num_classes, selecte
     def summary(name: str) -> SplitSummary:
         sp = splits[name]
         return SplitSummary(
-            n=sp.layers[PENULTIMATE].total,
-            errors=sp.logits.errors if sp.logits is not None else None,
+            n=sp.n_samples,
+            errors=sp.error_count,  # multi-label: the subset errors
             margins=sp.logits.margins if sp.logits is not None else None,
             stats=sp.layers[PENULTIMATE],
             projected=sp.projected.get(PENULTIMATE),

@@ -20,6 +20,7 @@ from ncbounds.io.datasets import iterate_batches
 from ncbounds.options import EvalOptions
 from ncbounds.pipeline.prepare import Prepared, input_mismatch, prep_num_classes
 from ncbounds.progress import Progress
+from ncbounds.stats.multilabel_split import MultiLabelSplitStatistics
 from ncbounds.stats.split import SplitStatistics
 
 SPLITS = ("train", "test")
@@ -30,7 +31,9 @@ def stream_split(split_name, split, prep, extractor, head, device, opts, referen
 
     ``same``: a :class:`SameFeatures` tracker fed with every batch's features (layers that are one
     representation are reported once)."""
-    acc = SplitStatistics(prep_num_classes(prep, head), penultimate=PENULTIMATE, device=device)
+    K = prep_num_classes(prep, head)
+    acc = (MultiLabelSplitStatistics(K, penultimate=PENULTIMATE, rule=opts.ml_decision, device=device) if prep.data.task == "multilabel"
+           else SplitStatistics(K, penultimate=PENULTIMATE, device=device))
     n_batches = (len(split) + opts.batch_size - 1) // opts.batch_size
     bar = Progress(n_batches, f"{split_name:>5}", enabled=opts.progress and n_batches >= 20)
     pin = device.type == "cuda"

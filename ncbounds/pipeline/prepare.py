@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-_GENERATED = ("digits", "mnist1d", "gaussian-etf")
+_GENERATED = ("digits", "mnist1d", "gaussian-etf", "mnist1d-pairs")
 
 
 @functools.lru_cache(maxsize=2)
@@ -132,6 +132,11 @@ def check_labels(data: DataSource, num_classes: int) -> None:
     for name, split in data.splits().items():
         if len(split) == 0:
             raise DataError(f"the {name} split of {data.spec!r} is empty; provide samples for it.")
+        if split.y.ndim == 2:  # multi-hot rows: one column per output
+            if split.y.shape[1] != num_classes:
+                raise DataError(f"the {name} labels of {data.spec!r} are multi-hot rows of {split.y.shape[1]} labels but the model has "
+                                f"{num_classes} outputs; store one column per output (or fix the head size in --arch-kwargs).")
+            continue
         top = int(split.y.max())
         if top >= num_classes:
             raise DataError(

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from ncbounds.errors import NCBoundsError, UsageError
+from ncbounds.report.classes import class_quantities
 from ncbounds.report.record import _clean
 from ncbounds.report.results import SPLITS, bound_names, checkpoint_label, records_to_frame, sorted_records
 
@@ -99,7 +100,9 @@ def long_table(records: Iterable[dict]) -> pd.DataFrame:
       (95 % Clopper–Pearson) and ``n``, for each split with measured errors; then ``gap`` (split ``-``)
       when both are measured;
     * metrics: every metric of every layer (in layer ``index`` order, named as in ``record['layers']``,
-      e.g. ``penultimate``) and split, value NaN where undefined;
+      e.g. ``penultimate``) and split, value NaN where undefined; after them the layer's per-class rows
+      (quantity ``class[c].<field>``, the interval as ``class[c].error.lo`` / ``.hi``) and per-label
+      rows of multi-label data (``label[k].<field>``), see :func:`ncbounds.report.classes.class_quantities`;
     * layerwise: layer ``-``, quantities ``layerwise_rho`` and ``layerwise_r`` per split, and
       ``effective_depth`` (split ``train``: it is defined by the training NCC error);
     * bounds: layer ``-``, split ``-``, quantity = bound name, ``status`` = the bound's status.
@@ -130,6 +133,8 @@ def long_table(records: Iterable[dict]) -> pd.DataFrame:
             for split in [s for s in SPLITS if s in metrics] + [s for s in metrics if s not in SPLITS]:
                 for q, v in (metrics.get(split) or {}).items():
                     add(ckpt, name, split, q, v)
+            for split, q, v in class_quantities(layer):  # per-class / per-label rows
+                add(ckpt, name, split, q, v)
         lw = rec.get("layerwise") or {}
         for split in SPLITS:
             if isinstance(lw.get(split), dict):

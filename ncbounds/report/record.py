@@ -5,9 +5,16 @@ JSON layout (``record.to_dict()``; ``schema_version`` 2)::
     schema_version  2 (records without the field are version 1: the same layout)
     checkpoint  {path, sha256, format, wrapper_key, saved_devices, prefixes_stripped, extra} | null (features)
     model       {arch, arch_kwargs, hyperparameters, num_params, num_classes, penultimate, conv_reduce}
-    data        {spec, kind, num_classes, splits: {train: {n}, test: {n}}, info}
-    errors      {train|test: {error, errors, n, ci95: [lo, hi]} | null}
-    layers      {NAME: {dim, index, scatter_mode, metrics: {train: {...}, test: {...}}, aliases?}}
+    data        {spec, kind, task, num_classes, splits: {train: {n}, test: {n}}, info}
+    errors      {train|test: {error, errors, n, ci95: [lo, hi]} | null}  (multi-label: the subset error, plus
+                kind, hamming_error, hamming_ci95, decision_rule)
+    layers      {NAME: {dim, index, scatter_mode, metrics: {train: {...}, test: {...}}, aliases?,
+                 per_class?: {train|test: [{class, n, errors, error, ci95, variability, mean_norm,
+                 classifier_norm, bias, margin_median, ncc_error, nc1_share}, …]},
+                 per_label?: {train|test: [{label, positives, errors, error, ci95, false_positives,
+                 false_negatives}, …]}}}
+    classes     {task, counts: {train, test}, max_min_ratio, minority: {rule, classes},
+                 classifier_cosines?, decision_rule?, multiplicity?, pairs?}  (absent in older records)
     layerwise   {epsilon, train|test: {layerwise_rho, layerwise_r}, effective_depth, effective_depth_layer}
     bounds      [ {name, value, bounds, status, reference, delta, inputs, reason, details, vacuous} ]
     convention  {name, differences, description}
@@ -36,7 +43,7 @@ from ncbounds.bounds.base import BoundResult
 SCHEMA_VERSION = 2
 
 __all__ = [
-    "SCHEMA_VERSION", "BoundRecord", "CheckpointInfo", "ConventionInfo", "DataInfo", "EvalRecord", "LayerRecord", "Layerwise",
+    "SCHEMA_VERSION", "BoundRecord", "CheckpointInfo", "ClassesInfo", "ConventionInfo", "DataInfo", "EvalRecord", "LayerRecord", "Layerwise",
     "ModelInfo", "Provenance", "SplitErrors",
 ]
 
@@ -167,10 +174,11 @@ class ModelInfo(_Section):
 
 @_section
 class DataInfo(_Section):
-    """The data spec, its kind, K, the split sizes and what the loader reports (``info``)."""
+    """The data spec, its kind, the task (multiclass or multilabel), K, the split sizes and what the loader reports (``info``)."""
 
     spec: str
     kind: str
+    task: str
     num_classes: int
     splits: dict
     info: dict
@@ -188,13 +196,16 @@ class SplitErrors(_Section):
 
 @_section
 class LayerRecord(_Section):
-    """One hooked layer: feature dimension, 1-based index in forward order, metrics per split, merged aliases."""
+    """One hooked layer: feature dimension, 1-based index in forward order, metrics per split, merged aliases,
+    the per-class rows per split (single-label data) and the per-label error rows (multi-label, penultimate)."""
 
     dim: int
     index: int
     scatter_mode: str
     metrics: dict
     aliases: list
+    per_class: dict
+    per_label: dict
 
 
 @_section
@@ -206,6 +217,22 @@ class Layerwise(_Section):
     test: dict
     effective_depth: int | None
     effective_depth_layer: str | None
+
+
+@_section
+class ClassesInfo(_Section):
+    """Per-class context of the numbers: task, class (label) counts per split, the largest/smallest
+    training count, the minority split of the minority-collapse metrics, the classifier's row cosines
+    (K ≤ 100) and, for multi-label data, the decision rule, multiplicity counts and observed pairs."""
+
+    task: str
+    counts: dict
+    max_min_ratio: float | None
+    minority: dict
+    classifier_cosines: list
+    decision_rule: str
+    multiplicity: dict
+    pairs: dict
 
 
 @_section
@@ -269,12 +296,13 @@ class EvalRecord:
     options: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    classes: ClassesInfo | None = None  # left out of the JSON when None (records before it existed)
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict, repr=False)
 
     _SECTIONS: ClassVar[dict[str, type]] = {
         "checkpoint": CheckpointInfo, "model": ModelInfo, "data": DataInfo, "layerwise": Layerwise,
-        "convention": ConventionInfo, "provenance": Provenance,
+        "convention": ConventionInfo, "provenance": Provenance, "classes": ClassesInfo,
     }
 
     def __post_init__(self) -> None:
@@ -291,7 +319,7 @@ class EvalRecord:
         """The JSON object (strict: no NaN, numpy scalars as numbers); ``schema_version`` first."""
         out = {"schema_version": self.schema_version}
         for f in fields(self):
-            if f.name in ("schema_version", "extra"):
+            if f.name in ("schema_version", "extra") or (f.name == "classes" and self.classes is None):
                 continue
             out[f.name] = _clean(getattr(self, f.name))
         out.update(_clean(self.extra))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ncbounds.report.classes import render_classes
 from ncbounds.report.record import EvalRecord
 
 PENULTIMATE_ROWS = (
@@ -64,8 +65,11 @@ def _delta_split(bound: dict) -> str | None:
     return None
 
 
-def render_table(record: EvalRecord) -> str:
-    """Human-readable report; the JSON output carries the same numbers losslessly."""
+def render_table(record: EvalRecord, per_class: bool | None = None) -> str:
+    """Human-readable report; the JSON output carries the same numbers losslessly.
+
+    ``per_class``: show the per-class block (:func:`ncbounds.report.classes.render_classes`); None
+    shows it when the training counts are imbalanced (largest/smallest > 3) or the data multi-label."""
     r = record
     out: list[str] = []
     src = r.checkpoint["path"] if r.checkpoint else r.data["spec"]
@@ -127,6 +131,7 @@ def render_table(record: EvalRecord) -> str:
             f"(NCC train error ≤ {lw['epsilon']}): {lw['effective_depth_layer'] or 'not reached'}"
         )
         out.append("")
+    out += render_classes(r, per_class, fmt, _grid)
     if r.notes:
         out.append("notes:")
         out += [f"- {n}" for n in r.notes]

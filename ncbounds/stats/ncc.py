@@ -25,6 +25,9 @@ class NCCCounter:
         self.n = 0
         self.errors = 0
         self.mismatches = 0
+        #: per true class: samples seen and NCC mistakes (K,) int64, for the per-class breakdown
+        self.class_n = torch.zeros(len(self.means), dtype=torch.int64, device=self.means.device)
+        self.class_errors = torch.zeros(len(self.means), dtype=torch.int64, device=self.means.device)
 
     def decide(self, features: torch.Tensor) -> torch.Tensor:
         """NCC decision for each row of ``features``."""
@@ -36,9 +39,12 @@ class NCCCounter:
     def update(self, features: torch.Tensor, labels: torch.Tensor, network_predictions: torch.Tensor | None = None):
         """Add a batch; ``network_predictions`` (argmax of logits) enables the NC4 count."""
         decision = self.decide(features)
-        y = labels.to(decision.device).reshape(-1)
+        y = labels.to(device=decision.device, dtype=torch.int64).reshape(-1)
+        wrong = decision != y
         self.n += int(y.numel())
-        self.errors += int((decision != y).sum())
+        self.errors += int(wrong.sum())
+        self.class_n.index_add_(0, y, torch.ones_like(y))
+        self.class_errors.index_add_(0, y, wrong.to(torch.int64))
         if network_predictions is not None:
             self.mismatches += int((decision != network_predictions.to(decision.device)).sum())
         return self

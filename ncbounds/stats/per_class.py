@@ -122,3 +122,26 @@ class PerClassReplay:
         """share_c = nc1_terms_c / N (K,); they sum to canonical NC1 (zeros if nothing was replayed)."""
         total = int(self.n.sum())
         return self.nc1_terms / total if total else torch.zeros_like(self.nc1_terms)
+
+
+class PerClassTerms:
+    """The per-class replay terms as the pipeline's own replay collects them (no extra pass).
+
+    :class:`~ncbounds.stats.projected.ProjectedStats` (``per_class=True``) keeps each class's NC1 term
+    from the span coordinates it computes anyway, and :class:`~ncbounds.stats.ncc.NCCCounter` counts
+    its NCC mistakes per true class; this wraps both with the interface of :class:`PerClassReplay`
+    (``n``, ``nc1_terms``, ``ncc_errors``, :meth:`nc1_shares`), which computes the same numbers on
+    its own. ``nc1_terms`` is None when M̃ has no numerical rank (NC1 undefined).
+    """
+
+    def __init__(self, projected, counter) -> None:
+        self.n = counter.class_n
+        self.nc1_terms = projected.class_terms
+        self.ncc_errors = counter.class_errors
+
+    def nc1_shares(self) -> torch.Tensor | None:
+        """share_c = nc1_terms_c / N (K,), summing to canonical NC1; None when NC1 is undefined."""
+        if self.nc1_terms is None:
+            return None
+        total = int(self.n.sum())
+        return self.nc1_terms / total if total else torch.zeros_like(self.nc1_terms)

@@ -15,6 +15,11 @@ features accumulates, with deviations taken from the exact final means (so nothi
 
 in O(B·K·d) per batch and O(K² + d·K) memory — instead of d×d or K·d² scatter matrices. Replays of
 shards with the same final means merge by addition.
+
+Per-class NC1 terms (``per_class=True``) reuse the span coordinates z_i = Qᵀ(h_i − μ_{y_i}) of the
+same replay: with the thin SVD M̃Q = U s Vᵀ of the between-class coordinates (rank rule of
+``metrics.collapse.nc1``), (M̃ᵀM̃)⁺ = Q V s⁻² Vᵀ Qᵀ on the span, so class c's term
+Σ_{i∈c} (h_i − μ_c)ᵀ(M̃ᵀM̃)⁺(h_i − μ_c) = Σ_{i∈c} ‖s⁻¹ Vᵀ z_i‖² costs O(B·r²) more per batch.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def mean_span_basis(means: torch.Tensor, present: torch.Tensor) -> tuple[torch.T
 class ProjectedStats:
     """Replay accumulator of the span-restricted second moments of one layer (see module docstring)."""
 
-    def __init__(self, means: torch.Tensor, counts: torch.Tensor) -> None:
+    def __init__(self, means: torch.Tensor, counts: torch.Tensor, per_class: bool = False) -> None:
         self.means = means.to(torch.float64)
         self.present = counts > 0
         self.basis, self.singular_values = mean_span_basis(self.means, self.present)
@@ -58,6 +63,13 @@ class ProjectedStats:
         self.within = torch.zeros(r, r, dtype=torch.float64, device=self.means.device)
         self.pair_forms = torch.zeros(K, K, dtype=torch.float64, device=self.means.device)
         self.n = 0
+        #: (K,) Σ_{i∈c} (h_i − μ_c)ᵀ(M̃ᵀM̃)⁺(h_i − μ_c) when ``per_class`` and M̃ has a rank, else None
+        self.class_terms: torch.Tensor | None = None
+        self._class_map: torch.Tensor | None = None
+        if per_class:
+            self._class_map = _between_pinv_map(self.centered[self.present] @ self.basis, self.means[self.present])
+            if self._class_map is not None:
+                self.class_terms = torch.zeros(K, dtype=torch.float64, device=self.means.device)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> ProjectedStats:
         """Add a batch of the same split whose final means were given."""
@@ -70,6 +82,9 @@ class ProjectedStats:
         proj = dev @ self.centered.T
         diff = proj - proj.gather(1, y.unsqueeze(1))
         self.pair_forms.index_add_(0, y, diff * diff)
+        if self._class_map is not None:
+            w = z @ self._class_map
+            self.class_terms.index_add_(0, y, (w * w).sum(1))
         self.n += int(y.numel())
         return self
 
@@ -79,5 +94,23 @@ class ProjectedStats:
             raise StatisticsError("projected statistics can only be merged when computed with the same final class means.")
         self.within += other.within.to(self.within.device)
         self.pair_forms += other.pair_forms.to(self.pair_forms.device)
+        if self.class_terms is not None and other.class_terms is not None:
+            self.class_terms += other.class_terms.to(self.class_terms.device)
         self.n += other.n
         return self
+
+
+def _between_pinv_map(coords: torch.Tensor, means: torch.Tensor) -> torch.Tensor | None:
+    """r×r' matrix V s⁻¹ from the thin SVD of the between-class coordinates M̃Q (present rows).
+
+    Singular values count above max(s_max, max‖μ_c‖)·max(K, d)·ε, the rule of ``metrics.collapse.nc1``
+    (d = the feature dimension), so the per-class terms sum to N·NC1. None when no value survives.
+    """
+    if coords.shape[0] < 2 or coords.shape[1] == 0:
+        return None
+    _, s, vh = torch.linalg.svd(coords, full_matrices=False)
+    tol = max(float(s[0]), float(means.norm(dim=1).max())) * max(coords.shape[0], means.shape[1]) * _EPS
+    keep = s > tol
+    if not bool(keep.any()):
+        return None
+    return vh[keep].T / s[keep]

@@ -9,10 +9,11 @@ a file is far cheaper than running the network again — to collect what needs t
 class means or the training means:
 
 - :class:`ProjectedStats`: within-class second moments restricted to the span of the class means
-  (NC1, He–Su D) and the per-class quadratic forms of directional CDNV, in O(B·K·d) per chunk;
+  (NC1, He–Su D), the per-class quadratic forms of directional CDNV, in O(B·K·d) per chunk, and
+  each class's NC1 term from the same span coordinates (O(B·K²) more);
 - :class:`NCCCounter`: nearest-class-center error against the **training** means of that layer
-  (the split's own means for the training split) and, at the penultimate layer, the NC4 mismatch
-  with the network's decisions.
+  (the split's own means for the training split), counted per true class too, and, at the
+  penultimate layer, the NC4 mismatch with the network's decisions.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _LABELS, _NC4 = "__labels__", "__nc4__"
 
 
 class SplitStatistics:
-    """Streaming accumulator for one split.
+    """Streaming accumulator for one split (single-label data: ``task`` 'multiclass').
 
     Parameters
     ----------
@@ -61,6 +62,19 @@ class SplitStatistics:
         self.ncc: dict[str, NCCCounter] = {}
         self.extras: dict[str, dict[str, object]] = {}
         self._spill = FeatureSpill(spill_dir, memory_budget)
+
+    task = "multiclass"
+
+    @property
+    def n_samples(self) -> int:
+        """Samples of the split (those of the penultimate layer, else of the first layer)."""
+        stats = self.layers.get(self.penultimate) or next(iter(self.layers.values()), None)
+        return 0 if stats is None else stats.total
+
+    @property
+    def error_count(self) -> int | None:
+        """Samples the network misclassifies (None without a classifier)."""
+        return None if self.logits is None else self.logits.errors
 
     # ------------------------------------------------------------------ streaming
     def update(
@@ -120,7 +134,7 @@ class SplitStatistics:
             self.logits.check_finite()
         try:
             for name, stats in self.layers.items():
-                projected = ProjectedStats(stats.means, stats.counts)
+                projected = ProjectedStats(stats.means, stats.counts, per_class=True)
                 extras = {key: make(stats) for key, make in ((replay_accumulators or {}).get(name) or {}).items()}
                 extras = {key: acc for key, acc in extras.items() if acc is not None}
                 means, present = (reference_means or self.class_means())[name]

@@ -25,6 +25,12 @@ Pure data loading: no click, no devices, no downloads (the "Inputs" section of
   labels). ROOT is the batch folder or its parent. x (N, 3, 32, 32) float32: pixels / 255, then
   standardized per channel by the standard mean/std (:data:`CIFAR_STATS`) unless
   ``normalize=false``. Pickles are read with an unpickler restricted to numpy arrays.
+- ``mnist1d-pairs[:n=5000,pairs=0.5,seed=0,mnist1d_seed=42]`` (``inputs``, multi-label): MNIST-1D in
+  which a fraction ``pairs`` of each split becomes superposed signals x_i + x_j carrying both labels
+  (:mod:`~ncbounds.io.datasets.multilabel`).
+
+Labels may also be multi-hot rows (N, K) of 0/1 in ``npz:`` and ``features:`` files: the data are then
+multi-label (``DataSource.task == "multilabel"``, ``num_classes`` = K columns).
 
 Modules: :mod:`~ncbounds.io.datasets.core` (``Split``, ``DataSource``, batching, validation),
 :mod:`~ncbounds.io.datasets.generated` (digits, MNIST-1D, Gaussian ETF), :mod:`~ncbounds.io.datasets.files`
@@ -34,7 +40,8 @@ Modules: :mod:`~ncbounds.io.datasets.core` (``Split``, ``DataSource``, batching,
 Conventions:
 
 - ``Split.x`` is float32 with samples first (float64 for ``features:`` files, which are used as
-  statistics inputs directly); ``Split.y`` is int64, 1-D. ``W``/``b`` are float64.
+  statistics inputs directly); ``Split.y`` is int64, 1-D (2-D multi-hot rows for multi-label data).
+  ``W``/``b`` are float64.
 - ``num_classes`` = (largest label over all splits) + 1; labels outside ``0..K-1`` of a model's head
   are checked later against that head. For the features kind with a classifier ``W``,
   ``num_classes`` = ``W.shape[0]`` and every label must be below it.

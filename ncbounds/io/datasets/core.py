@@ -2,7 +2,8 @@
 
 A loader turns a data spec into a :class:`DataSource` whose splits went through :func:`_make_split`:
 samples first, a numeric float32 (float64 for features) ``x``, 1-D int64 labels ``y`` that are
-non-negative integers, one label per sample, no NaN/Inf. Every problem raises
+non-negative integers, one label per sample, no NaN/Inf — or, for multi-label data, multi-hot int64
+rows ``y`` of shape (N, K) with entries 0/1 (``DataSource.task == "multilabel"``). Every problem raises
 :class:`~ncbounds.errors.DataError` (bad data) or :class:`~ncbounds.errors.UsageError` (bad spec) with one
 sentence naming the fix.
 """
@@ -24,7 +25,8 @@ __all__ = ["DataSource", "Split", "iterate_batches"]
 
 @dataclass
 class Split:
-    """One split: ``x`` float32 (float64 for features) with samples first (N, ...), ``y`` int64 (N,)."""
+    """One split: ``x`` float32 (float64 for features) with samples first (N, ...), ``y`` int64 (N,)
+    class indices, or (N, K) multi-hot 0/1 rows for multi-label data."""
 
     x: np.ndarray
     y: np.ndarray
@@ -57,6 +59,11 @@ class DataSource:
     def __post_init__(self) -> None:
         if not self.input_shape:
             self.input_shape = tuple(self.train.x.shape[1:])
+
+    @property
+    def task(self) -> str:
+        """``"multilabel"`` when the labels are multi-hot rows (N, K), else ``"multiclass"``."""
+        return "multilabel" if self.train.y.ndim == 2 else "multiclass"
 
     def splits(self) -> dict[str, Split]:
         """The present splits by name, in the order train, test, heldout."""
@@ -97,14 +104,30 @@ def _check_finite(x: np.ndarray, where: str, chunk: int = 1 << 22) -> None:
             )
 
 
+def _multi_hot(y: np.ndarray, where: str) -> np.ndarray:
+    """Multi-hot label rows (N, K), K ≥ 2, entries 0/1 (bool, integer or integral float) → int64."""
+    if y.dtype == np.bool_:
+        return y.astype(np.int64)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"labels {where} have dtype {y.dtype}; store multi-hot rows of 0/1 or class indices (N,)")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise DataError(
+            f"labels {where} have shape {y.shape} but hold values other than 0 and 1; store multi-hot rows "
+            "(1 for every label of the sample) or class indices of shape (N,)"
+        )
+    return y.astype(np.int64)
+
+
 def _labels(y: Any, where: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    if y.ndim == 2 and y.shape[1] >= 2:
+        return _multi_hot(y, where)
     if y.ndim != 1:
         raise DataError(
-            f"labels {where} have shape {y.shape}, not (N,); store class indices "
-            "(e.g. y.argmax(1) for one-hot labels)"
+            f"labels {where} have shape {y.shape}, not (N,) class indices or (N, K) multi-hot rows; "
+            "store class indices (e.g. y.argmax(1) for one-hot labels)"
         )
     if y.dtype == np.bool_ or not (
         np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
@@ -144,6 +167,16 @@ def _make_split(x: Any, y: Any, name: str, where: str, dtype=np.float32) -> Spli
 
 
 def _num_classes(splits: dict[str, Split]) -> int:
+    kinds = {s.y.ndim for s in splits.values()}
+    if kinds == {2}:
+        widths = {name: s.y.shape[1] for name, s in splits.items()}
+        if len(set(widths.values())) > 1:
+            desc = ", ".join(f"{k} {v}" for k, v in widths.items())
+            raise DataError(f"the multi-hot labels of the splits have different numbers of labels ({desc}); make them equal")
+        return int(next(iter(widths.values())))
+    if len(kinds) > 1:
+        raise DataError("some splits have class indices (N,) and others multi-hot rows (N, K); store one kind of labels "
+                        "(class indices are y.argmax(1) of one-hot rows)")
     return int(max(int(s.y.max()) for s in splits.values())) + 1
 
 

@@ -10,6 +10,7 @@ from ncbounds.io.datasets.cifar import _cifar_root, _load_cifar
 from ncbounds.io.datasets.core import DataSource, _resolve
 from ncbounds.io.datasets.files import _load_features, _load_npz
 from ncbounds.io.datasets.generated import _load_digits, _load_gaussian_etf, _load_mnist1d
+from ncbounds.io.datasets.multilabel import _load_mnist1d_pairs
 from ncbounds.io.datasets.selection import apply_selection, split_selection
 
 __all__ = ["DATA_KINDS", "data_files", "load_data"]
@@ -18,6 +19,7 @@ __all__ = ["DATA_KINDS", "data_files", "load_data"]
 _LOADERS: dict[str, Callable[[str, str, str | None], DataSource]] = {
     "digits": _load_digits,
     "mnist1d": _load_mnist1d,
+    "mnist1d-pairs": _load_mnist1d_pairs,
     "gaussian-etf": lambda s, r, b: _load_gaussian_etf(s, r, b, features=False),
     "gaussian-etf-features": lambda s, r, b: _load_gaussian_etf(s, r, b, features=True),
     "npz": _load_npz,

@@ -125,6 +125,11 @@ def _load_features(spec: str, rest: str, base_dir: str | None) -> DataSource:
                 f"labels in `{path}` go up to {num_classes - 1} but W has {W.shape[0]} rows; "
                 "labels must be below the number of classifier rows"
             )
+        if splits["train"].y.ndim == 2 and num_classes != W.shape[0]:
+            raise DataError(
+                f"the multi-hot labels in `{path}` have {num_classes} columns but W has {W.shape[0]} rows; "
+                "store one classifier row per label"
+            )
         num_classes = W.shape[0]
         if "b" in arrays:
             b = np.asarray(arrays["b"], dtype=np.float64).reshape(-1)

@@ -104,6 +104,9 @@ def apply_selection(src: DataSource, sel: Selection) -> DataSource:
     """``src`` with the selection applied (see the module docstring); ``src`` itself is not changed."""
     if sel.empty:
         return src
+    if src.task == "multilabel":
+        raise UsageError(f"classes= and imbalance= select classes of single-label data, but `{src.spec}` has multi-hot labels; "
+                         "select the label columns before saving the file.")
     info = dict(src.info)
     out = src
     if sel.classes is not None:
