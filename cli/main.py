@@ -117,7 +117,7 @@ def demo(out_dir, epochs, seed):
 @handle_errors
 def list_bounds(name):
     """Print the bound catalogue (name, status, what it bounds, reference)."""
-    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, explain, load_catalogue
+    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, TARGET_GROUPS, explain, load_catalogue
 
     if name:
         click.echo(explain(name))
@@ -126,6 +126,7 @@ def list_bounds(name):
     width = max(len(n) for n in catalogue)
     for spec in sorted(catalogue.values(), key=lambda s: (s.group, s.name)):
         cost = " (Monte Carlo; not in default)" if spec.group in EXPENSIVE_GROUPS else ""
+        cost = " (target statistics; with --target-data)" if spec.group in TARGET_GROUPS else cost
         click.echo(f"{spec.name:<{width}}  {spec.status:<15}  {spec.group:<14}  {spec.bounds}{cost}\n{'':<{width}}  ↳ {spec.reference}")
 
 
@@ -144,8 +145,9 @@ def _register_subcommands() -> None:
     from ncbounds.cli.batch_cmd import batch
     from ncbounds.cli.merge_cmd import merge
     from ncbounds.cli.results_cmd import correlate, export, plot
+    from ncbounds.cli.transfer_cmd import transfer
 
-    for command in (batch, merge, export, correlate, plot):
+    for command in (batch, merge, export, correlate, plot, transfer):
         main.add_command(command)
 
 

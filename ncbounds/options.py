@@ -75,6 +75,9 @@ class EvalOptions:
     bound_options: dict = _opt(flag="--bound-option", kind="bound_options", factory=dict, since="0.2",
                                help="A bound's own setting, NAME.KEY=VALUE (NAME a bound or a group; repeatable); "
                                     "`ncbounds list-bounds --explain NAME` lists them.")
+    target_data: str | None = _opt(flag="--target-data", since="0.2",
+                                   help="Transfer target: a data spec of new classes or another dataset of the same input shape "
+                                        "(e.g. digits:classes=5-9); adds one pass per target split and the record's transfer object.")
     progress: bool = _opt(False, flag=None, identity=False, record=False, help="Draw progress bars on stderr.")
     debug: bool = _opt(False, flag=None, identity=False, record=False, help="Let exceptions through (tracebacks).")
 
@@ -107,7 +110,11 @@ class EvalOptions:
         if not isinstance(self.arch_kwargs, dict):
             raise bad("arch_kwargs", "must be a dict (a JSON object on the command line).")
         get_convention(self.convention)
-        selected = select_bounds(self.bounds)
+        if self.target_data is not None and (not isinstance(self.target_data, str) or not self.target_data.strip()):
+            raise bad("target_data", f"must be a data spec such as digits:classes=5-9, not {self.target_data!r}.")
+        from ncbounds.bounds.transfer_bounds import target_selection
+
+        selected = target_selection(self.bounds, select_bounds(self.bounds), self.target_data is not None)
         resolve_bound_options(self.bound_options, selected)
         return selected
 

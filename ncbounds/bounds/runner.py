@@ -24,10 +24,14 @@ BOUND_MODULES = (
     "ncbounds.bounds.collapse_bounds",
     "ncbounds.bounds.nc_certificates",
     "ncbounds.bounds.predictors",
+    "ncbounds.bounds.transfer_bounds",
 )
 
 #: Groups whose bounds evaluate perturbed networks many times (Monte Carlo); not in the default set.
 EXPENSIVE_GROUPS = ("pac-bayes", "jiang-flatness")
+#: Groups whose bounds read target statistics; in the default set only with --target-data
+#: (:func:`ncbounds.bounds.transfer_bounds.target_selection`).
+TARGET_GROUPS = ("transfer",)
 
 
 def load_catalogue() -> dict[str, BoundSpec]:
@@ -47,7 +51,7 @@ def select_bounds(selection: str | None) -> list[str]:
         if item == "all":
             names += list(catalogue)
         elif item == "default":
-            names += [n for n, s in catalogue.items() if s.group not in EXPENSIVE_GROUPS]
+            names += [n for n, s in catalogue.items() if s.group not in EXPENSIVE_GROUPS + TARGET_GROUPS]
         elif item in ("certificates", "predictors"):
             status = item[:-1] if item == "certificates" else "predictor"
             names += [n for n, s in catalogue.items() if s.status == status]

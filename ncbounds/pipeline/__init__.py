@@ -27,6 +27,7 @@ import torch
 
 from ncbounds.bounds.base import BoundResult
 from ncbounds.bounds.runner import run_bounds
+from ncbounds.bounds.transfer_bounds import split_target_bounds
 from ncbounds.features import FeatureExtractor, find_head, resolve_layers
 from ncbounds.metrics.conventions import get_convention
 from ncbounds.options import EvalOptions
@@ -62,6 +63,7 @@ def run_evaluation(checkpoint: str | None = None, options: EvalOptions | None = 
     """Evaluate one checkpoint and keep the statistics (see :func:`evaluate` for the arguments)."""
     opts = _options(options, kwargs)
     selected = opts.validate()  # every option checked before any work
+    selected, target_bounds = split_target_bounds(selected)  # transfer bounds read the target statistics
     conv = get_convention(opts.convention)
     torch.manual_seed(opts.seed)
     t_start = time.perf_counter()
@@ -100,6 +102,10 @@ def run_evaluation(checkpoint: str | None = None, options: EvalOptions | None = 
             record.notes.append(f"each certificate holds with probability ≥ 1 − δ = {1 - opts.delta:g} on its own; "
                                 f"k of them hold together with probability ≥ 1 − k·δ.")
         timings["bounds"] = time.perf_counter() - t0
+    if opts.target_data is not None:  # one pass per target split, the rest on cached features (pipeline/transfer.py)
+        from ncbounds.pipeline.transfer import run_transfer
+
+        record.transfer = run_transfer(prep, extractor, head, device, opts, conv, target_bounds, list(record.layers), timings)
     timings["total"] = time.perf_counter() - t_start
     record.timings = timings
     return EvaluationRun(record, splits, head, prep.model, prep.data)
