@@ -89,10 +89,15 @@ def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
 @click.option("--out", "out_dir", default="ncbounds-demo", show_default=True, help="Folder for checkpoints and results.")
 @click.option("--epochs", default=8, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--transfer", is_flag=True, help="The transfer demo instead: MLPs trained on digits 0-4, transferred to 5-9, "
+                                                "scores ranked against the probe error (files in OUT/transfer).")
 @handle_errors
-def demo(out_dir, epochs, seed):
+def demo(out_dir, epochs, seed, transfer):
     """Train a small MLP sweep on the bundled digits (CPU, no download), evaluate every checkpoint,
     print the last report and the correlation table, and write CSV and plots into OUT."""
+    if transfer:  # ncbounds/demo_transfer.py
+        _transfer_demo(out_dir, epochs, seed)
+        return
     from ncbounds.demo import run_demo
     from ncbounds.report.correlate import render_text
     from ncbounds.report.record import EvalRecord
@@ -108,6 +113,23 @@ def demo(out_dir, epochs, seed):
         click.echo(f"{key:>13}: {path}")
     for note in result["notes"]:
         click.echo(f"note: {note}", err=True)
+    if result["summary"].failed:
+        _fail(f"{result['summary'].failed} checkpoint(s) failed; see the *.error.json files in {result['files']['results']}.", 3)
+
+
+def _transfer_demo(out_dir, epochs, seed):
+    from ncbounds.demo_transfer import TARGET, run_transfer_demo
+    from ncbounds.report.correlate import render_text
+    from ncbounds.report.transfer_ranking import render_ranking
+
+    result = run_transfer_demo(out_dir, epochs=epochs, seed=seed, log=lambda m: click.echo(m, err=True))
+    click.echo(f"models trained on digits classes 0-4, transferred to {TARGET} (frozen features):")
+    click.echo(render_text(result["models"]))
+    click.echo("")
+    click.echo(render_ranking(result["ranking"]))
+    click.echo(f"\nper model: ncbounds transfer {result['files']['results'].parent / 'runs'}/w064_e{epochs:02d}.pt --target-data {TARGET}")
+    for key, path in result["files"].items():
+        click.echo(f"{key:>8}: {path}")
     if result["summary"].failed:
         _fail(f"{result['summary'].failed} checkpoint(s) failed; see the *.error.json files in {result['files']['results']}.", 3)
 
