@@ -2,9 +2,10 @@
 
 - :func:`layer_sweep` — for the target NCC error, the linear-probe error and every few-shot setting,
   the layer with the lowest error (ties → the earliest layer in forward order) and that error.
-- :func:`covariance_rank` — numerical rank of the feature covariance of one layer: the number of
-  singular values of the centred feature matrix above s_max·max(N, d)·ε (NumPy's ``matrix_rank``
-  rule), computed from the smaller Gram side in float64.
+- :func:`covariance_rank` — numerical rank of the feature covariance Σ = X_cᵀX_c/(N − 1) of one layer
+  (X_c the centred features): the number of eigenvalues of Σ above λ_max·d·ε_float64 (NumPy's
+  ``matrix_rank`` rule applied to the d×d matrix Σ), computed from the smaller of X_cᵀX_c and X_cX_cᵀ
+  (same non-zero eigenvalues).
 - :func:`tunnel_summary` — Masarczyk, Ostaszewski, Imani, Pascanu, Miłoś & Trzciński (2023), "The
   tunnel effect: building data representations in deep neural networks", NeurIPS: deeper layers of
   over-parameterised networks compress the representation (the rank of the feature covariance drops)
@@ -61,17 +62,17 @@ def layer_sweep(layers: dict[str, dict]) -> dict:
 
 
 def covariance_rank(features) -> int:
-    """Numerical rank of the covariance of ``features`` (N, d): singular values of the centred matrix
-    above s_max·max(N, d)·ε_float64, from the eigenvalues of the smaller Gram matrix (0 for constant features)."""
+    """Numerical rank of the covariance of ``features`` (N, d): eigenvalues above λ_max·d·ε_float64
+    (module docstring); 0 for constant features."""
     x = features_2d(features)
     xc = x - x.mean(axis=0)
     n, d = xc.shape
     gram = xc.T @ xc if d <= n else xc @ xc.T
-    eig = np.clip(np.linalg.eigvalsh(gram), 0.0, None)
-    s = np.sqrt(eig)
-    if s.max() == 0:
+    eig = np.linalg.eigvalsh(gram) / max(n - 1, 1)
+    top = float(eig.max())
+    if top <= 0:
         return 0
-    return int(np.sum(s > s.max() * max(n, d) * np.finfo(np.float64).eps))
+    return int(np.sum(eig > top * d * np.finfo(np.float64).eps))
 
 
 def tunnel_summary(ranks: dict[str, int | None], probe_errors: dict[str, float | None], penultimate: str) -> dict:
