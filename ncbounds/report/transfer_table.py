@@ -65,7 +65,7 @@ def render_transfer(record) -> str:
         rows = []
         for b in tr["bounds"]:
             inputs, details = b.get("inputs") or {}, b.get("details") or {}
-            shots = inputs.get("shots")
+            shots = inputs.get("shots", inputs.get("m"))
             m = shots[0] if isinstance(shots, list) and shots else shots
             measured = details.get("measured")
             if measured is None:
