@@ -248,3 +248,16 @@ def test_features_source_and_target_without_a_model():
     assert tr["layers"]["penultimate"]["scores"]["logme"] == pytest.approx(logme(x.train.x, x.train.y), rel=1e-9)
     with pytest.raises(UsageError, match="source is precomputed features"):
         evaluate(data=src, target_data="digits:classes=5-9", bounds="none")
+
+
+def test_transfer_demo_trains_ranks_and_prints(tmp_path):
+    with one_torch_thread():
+        out = CliRunner().invoke(main, ["demo", "--transfer", "--out", str(tmp_path), "--epochs", "4"])
+    assert out.exit_code == 0, out.output
+    assert "ranking against transfer.penultimate.probe_error (lower is better)" in out.stdout
+    import pandas as pd
+
+    ranking = pd.read_csv(tmp_path / "transfer" / "ranking.csv")
+    assert len(list((tmp_path / "transfer" / "runs").glob("*.pt"))) == 6
+    assert {"transfer.penultimate.score.logme", "transfer.penultimate.score.ncti"} <= set(ranking.measure)
+    assert (ranking.n == 6).all() and ranking.kendall_tau.between(-1, 1).all()
