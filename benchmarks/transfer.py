@@ -56,10 +56,10 @@ def main() -> None:
     for k in (int(c) for c in args.classes.split(",")):
         x, y = features(args.n, args.d, k)
         for ways in (5, "all"):
-            t = best(lambda w=ways: fewshot_table(x, y, ways=(w,), shots=(1, 5, 10)), args.repeats)
+            t = best(lambda w=ways, x=x, y=y: fewshot_table(x, y, ways=(w,), shots=(1, 5, 10)), args.repeats)
             print(f"K = {k:4d}  fewshot {str(ways):>3}-way × 3 shot settings: {t:7.2f} s")
         half = len(y) // 2
-        t = best(lambda: layer_transfer(x[:half], y[:half], x[half:], y[half:]), 1)
+        t = best(lambda x=x, y=y, h=half: layer_transfer(x[:h], y[:h], x[h:], y[h:]), 1)
         print(f"K = {k:4d}  one layer (NCC, probe, 2×3 few-shot settings, scores), N/2 train + N/2 test: {t:7.2f} s")
 
 

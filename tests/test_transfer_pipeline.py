@@ -18,13 +18,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from helpers_models import one_torch_thread, sgd_steps
+from ncbounds.cli.main import main
 from reference_collapse import reference_metrics
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ncbounds.batch import input_files, options_hash
-from ncbounds.cli.main import main
 from ncbounds.errors import UsageError
 from ncbounds.io.datasets import load_data
 from ncbounds.models import build_model

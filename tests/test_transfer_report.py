@@ -106,7 +106,8 @@ def _record():
     return {"checkpoint": {"path": "/r/m.pt"}, "errors": {}, "layers": {"penultimate": {"metrics": {}}},
             "transfer": {"target": {"data": "digits:classes=5-9", "num_classes": 5, "n_train": 10, "n_test": 5},
                          "layers": {"features.1": layer, "penultimate": layer},
-                         "layer_sweep": {"ncc_error": {"layer": "features.1", "error": 0.2}, "fewshot": {"5way1shot": {"layer": "features.1"}}},
+                         "layer_sweep": {"ncc_error": {"layer": "features.1", "error": 0.2},
+                                         "fewshot": {"5way1shot": {"layer": "features.1"}}},
                          "tunnel": {"penultimate_to_best_probe_accuracy": 1.0},
                          "bounds": [{"name": "fewshot_certificate", "value": 0.33, "status": "certificate"}]}}
 
