@@ -30,7 +30,7 @@ def main() -> None:
 def report(checkpoint, fmt, output, quiet, debug=False, **kw):
     """Report collapse metrics and bounds for one CHECKPOINT (omit it with --data features:FILE)."""
     from ncbounds.pipeline import evaluate
-    from ncbounds.report.table import render_table
+    from ncbounds.report.transfer_table import render_with_transfer
 
     check_output(output)
     opts = _options_from(kw)
@@ -39,7 +39,7 @@ def report(checkpoint, fmt, output, quiet, debug=False, **kw):
     record = evaluate(checkpoint, opts)
     for note in record.notes:
         click.echo(f"note: {note}", err=True)
-    _write(record.to_json() if fmt == "json" else render_table(record), output)
+    _write(record.to_json() if fmt == "json" else render_with_transfer(record), output)  # table + transfer section if any
 
 
 @main.command()

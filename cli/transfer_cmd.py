@@ -24,7 +24,7 @@ def transfer(checkpoint, source_data, fmt, output, quiet, debug=False, **kw):
     NCC error, linear probe, few-shot episodes, transferability scores and transfer bounds per layer."""
     from ncbounds.errors import UsageError
     from ncbounds.pipeline import evaluate
-    from ncbounds.report.table import render_table
+    from ncbounds.report.transfer_table import render_with_transfer
 
     if not kw.get("target_data"):
         raise UsageError("ncbounds transfer needs --target-data SPEC (e.g. digits:classes=5-9, npz:FILE, features:FILE).")
@@ -38,7 +38,7 @@ def transfer(checkpoint, source_data, fmt, output, quiet, debug=False, **kw):
     record = evaluate(checkpoint, opts)
     for note in record.notes + list(record.transfer.get("notes") or []):
         click.echo(f"note: {note}", err=True)
-    _write(record.to_json() if fmt == "json" else render_table(record), output)
+    _write(record.to_json() if fmt == "json" else render_with_transfer(record), output)
 
 
 __all__ = ["transfer"]

@@ -127,10 +127,6 @@ def render_table(record: EvalRecord) -> str:
             f"(NCC train error ≤ {lw['epsilon']}): {lw['effective_depth_layer'] or 'not reached'}"
         )
         out.append("")
-    if getattr(r, "transfer", None) is not None:  # transfer to a target (report/transfer_table.py)
-        from ncbounds.report.transfer_table import render_transfer
-
-        out.append(render_transfer(r))
     if r.notes:
         out.append("notes:")
         out += [f"- {n}" for n in r.notes]

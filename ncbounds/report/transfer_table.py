@@ -1,11 +1,12 @@
-"""Terminal rendering of a record's ``transfer`` object (appended to the report table by ``ncbounds transfer``
-and ``ncbounds report --target-data``)."""
+"""Terminal rendering of a record's ``transfer`` object: :func:`render_with_transfer` is the report table of
+``ncbounds transfer`` and ``ncbounds report --target-data`` (:func:`ncbounds.report.table.render_table` followed
+by :func:`render_transfer`)."""
 
 from __future__ import annotations
 
-from ncbounds.report.table import _grid, fmt
+from ncbounds.report.table import _grid, fmt, render_table
 
-__all__ = ["render_transfer"]
+__all__ = ["render_transfer", "render_with_transfer"]
 
 _SCORES = ("logme", "leep", "nce", "hscore", "gbc_spherical", "sfda")
 
@@ -82,3 +83,10 @@ def render_transfer(record) -> str:
     if tr.get("notes"):
         out += ["transfer notes:", *(f"- {n}" for n in tr["notes"]), ""]
     return "\n".join(out)
+
+
+def render_with_transfer(record) -> str:
+    """The report table, then the transfer section when the record has one."""
+    text = render_table(record)
+    transfer = render_transfer(record)
+    return f"{text}\n\n{transfer}".rstrip("\n") if transfer else text
