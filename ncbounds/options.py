@@ -112,7 +112,7 @@ class EvalOptions:
         get_convention(self.convention)
         if self.target_data is not None and (not isinstance(self.target_data, str) or not self.target_data.strip()):
             raise bad("target_data", f"must be a data spec such as digits:classes=5-9, not {self.target_data!r}.")
-        from ncbounds.bounds.transfer_bounds import target_selection
+        from ncbounds.bounds.targets import target_selection
 
         selected = target_selection(self.bounds, select_bounds(self.bounds), self.target_data is not None)
         resolve_bound_options(self.bound_options, selected)

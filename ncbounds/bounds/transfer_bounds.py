@@ -37,12 +37,11 @@ from ncbounds.bounds.context import BoundContext
 from ncbounds.bounds.nc_certificates import nc_cantelli
 from ncbounds.bounds.replay.moments import CLASS_MOMENTS
 from ncbounds.bounds.replay.pair_moments import pair_moments_factory
+from ncbounds.bounds.targets import TRANSFER_GROUP
 from ncbounds.errors import UsageError
 from ncbounds.transfer import bounds as pure
 
-__all__ = ["TRANSFER_GROUP", "TransferBoundOptions", "split_target_bounds", "target_selection", "transfer_bound_names"]
-
-TRANSFER_GROUP = "transfer"
+__all__ = ["TARGET_PAIR_MOMENTS", "TransferBoundOptions"]
 
 #: Per-class covariances and higher moments on either target split (the Cantelli bound's statistic).
 TARGET_PAIR_MOMENTS = ReplayRequest("pair_moments", pair_moments_factory, splits=("train", "test"))
@@ -71,38 +70,6 @@ class TransferBoundOptions:
     def validate(self) -> None:
         if self.split not in ("train", "test"):
             raise UsageError(f"bound option transfer.split must be 'train' or 'test', not {self.split!r}.")
-
-
-# ------------------------------------------------------------------------------------------------
-# selection
-
-
-def transfer_bound_names() -> list[str]:
-    """The registered bounds of the transfer group, in registration order."""
-    return [name for name, spec in REGISTRY.items() if spec.group == TRANSFER_GROUP]
-
-
-def target_selection(selection: str | None, selected: list[str], has_target: bool) -> list[str]:
-    """The bounds to evaluate given ``--bounds`` (``selection``, resolved to ``selected``) and whether
-    target data is given: with target data, ``default`` adds every transfer bound; without it, transfer
-    bounds reached through ``all``/``certificates`` are dropped and naming one (or the group) is a
-    UsageError."""
-    names = transfer_bound_names()
-    tokens = {t.strip() for t in (selection or "").split(",")}
-    if not has_target:
-        explicit = [n for n in selected if n in names and (n in tokens or TRANSFER_GROUP in tokens)]
-        if explicit:
-            raise UsageError(f"the bound {explicit[0]} reads target statistics; add --target-data SPEC or leave it out of --bounds.")
-        return [n for n in selected if n not in names]
-    if "default" in tokens:
-        selected = selected + [n for n in names if n not in selected]
-    return selected
-
-
-def split_target_bounds(selected: list[str]) -> tuple[list[str], list[str]]:
-    """(bounds of the source evaluation, transfer bounds) of a selection."""
-    names = set(transfer_bound_names())
-    return [n for n in selected if n not in names], [n for n in selected if n in names]
 
 
 # ------------------------------------------------------------------------------------------------

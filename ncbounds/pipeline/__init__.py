@@ -27,7 +27,7 @@ import torch
 
 from ncbounds.bounds.base import BoundResult
 from ncbounds.bounds.runner import run_bounds
-from ncbounds.bounds.transfer_bounds import split_target_bounds
+from ncbounds.bounds.targets import split_target_bounds
 from ncbounds.features import FeatureExtractor, find_head, resolve_layers
 from ncbounds.metrics.conventions import get_convention
 from ncbounds.options import EvalOptions

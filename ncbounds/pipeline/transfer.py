@@ -33,7 +33,6 @@ import torch
 from ncbounds.bounds.base import ReplayInfo, replay_requests
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
 from ncbounds.bounds.runner import resolve_bound_options, run_bounds
-from ncbounds.bounds.transfer_bounds import split_target_bounds
 from ncbounds.errors import DataError, UsageError
 from ncbounds.features import PENULTIMATE
 from ncbounds.io.datasets import DataSource, iterate_batches
@@ -56,7 +55,7 @@ from ncbounds.transfer.layer import (
 )
 from ncbounds.transfer.sweep import covariance_rank, layer_sweep, tunnel_summary
 
-__all__ = ["FeatureCache", "run_transfer", "split_target_bounds", "target_passes"]
+__all__ = ["FeatureCache", "load_target", "run_transfer", "target_passes"]
 
 SPLITS = ("train", "test")
 _CACHE = "transfer_features"
