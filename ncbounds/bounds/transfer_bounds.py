@@ -43,8 +43,9 @@ from ncbounds.transfer import bounds as pure
 
 __all__ = ["TARGET_PAIR_MOMENTS", "TransferBoundOptions"]
 
-#: Per-class covariances and higher moments on either target split (the Cantelli bound's statistic).
-TARGET_PAIR_MOMENTS = ReplayRequest("pair_moments", pair_moments_factory, splits=("train", "test"))
+#: Per-class covariances and higher moments on either target split (the Cantelli bound's statistic; a key
+#: of its own, since the source's ``pair_moments`` is collected on the test split only).
+TARGET_PAIR_MOMENTS = ReplayRequest("target_pair_moments", pair_moments_factory, splits=("train", "test"))
 
 _MSHOT = ("expected m-shot nearest-class-center error on the target classes (fresh samples, all C' = K' target "
           "classes), read against the measured few-shot error")
@@ -190,7 +191,11 @@ def nc_cantelli_transfer(ctx: BoundContext, opts: TransferBoundOptions) -> Evalu
     """
     _require_target(ctx)
     _shots(ctx)
-    evaluation = nc_cantelli.__wrapped__(dataclasses.replace(ctx, test=getattr(ctx, opts.split)))
+    summary = getattr(ctx, opts.split)
+    extras = {k: v for k, v in summary.extras.items() if k != "pair_moments"}
+    if TARGET_PAIR_MOMENTS.key in extras:
+        extras["pair_moments"] = extras[TARGET_PAIR_MOMENTS.key]  # the key nc_cantelli reads
+    evaluation = nc_cantelli.__wrapped__(dataclasses.replace(ctx, test=dataclasses.replace(summary, extras=extras)))
     evaluation.inputs["split"] = f"target {opts.split} (moments of its empirical class distributions)"
     return _annotate(evaluation, ctx, opts.split)
 
