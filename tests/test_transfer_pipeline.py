@@ -196,6 +196,9 @@ def test_command_line_transfer_batch_export_and_correlate(tmp_path, trained):
     table = runner.invoke(main, ["transfer", str(path), "--arch", arch, "--data", SOURCE, "--target-data", TARGET, "--device", "cpu",
                                  "--bounds", "none"])
     assert table.exit_code == 0 and "transfer to digits:classes=5-9" in table.stdout and "probe error" in table.stdout
+    report = runner.invoke(main, ["report", str(path), "--arch", arch, "--data", SOURCE, "--target-data", TARGET, "--device", "cpu",
+                                  "--bounds", "none"])
+    assert report.exit_code == 0 and "transfer to digits:classes=5-9" in report.stdout
     missing = runner.invoke(main, ["transfer", str(path), "--arch", arch, "--data", SOURCE])
     assert missing.exit_code == 2 and "needs --target-data" in missing.output
     clash = runner.invoke(main, ["transfer", str(path), "--arch", arch, "--data", SOURCE, "--source-data", "digits",
