@@ -30,7 +30,7 @@ BOUND_MODULES = (
 #: Groups whose bounds evaluate perturbed networks many times (Monte Carlo); not in the default set.
 EXPENSIVE_GROUPS = ("pac-bayes", "jiang-flatness")
 #: Groups whose bounds read target statistics; in the default set only with --target-data
-#: (:func:`ncbounds.bounds.transfer_bounds.target_selection`).
+#: (:func:`ncbounds.bounds.targets.target_selection`).
 TARGET_GROUPS = ("transfer",)
 
 
