@@ -32,7 +32,7 @@ def main() -> None:
 def report(checkpoint, fmt, output, quiet, per_class, debug=False, **kw):
     """Report collapse metrics and bounds for one CHECKPOINT (omit it with --data features:FILE)."""
     from ncbounds.pipeline import evaluate
-    from ncbounds.report.table import render_table
+    from ncbounds.report.transfer_table import render_with_transfer
 
     check_output(output)
     opts = _options_from(kw)
@@ -41,7 +41,7 @@ def report(checkpoint, fmt, output, quiet, per_class, debug=False, **kw):
     record = evaluate(checkpoint, opts)
     for note in record.notes:
         click.echo(f"note: {note}", err=True)
-    _write(record.to_json() if fmt == "json" else render_table(record, per_class=per_class), output)
+    _write(record.to_json() if fmt == "json" else render_with_transfer(record, per_class=per_class), output)  # + transfer section
 
 
 @main.command()
@@ -94,11 +94,16 @@ def inspect(checkpoint, arch, arch_kwargs, trust_checkpoint, fmt):
 @click.option("--tutorial", type=click.Choice(["sweep", "imbalance", "multilabel"]), default="sweep", show_default=True,
               help="sweep: the MLP sweep on digits; imbalance: a run on digits:imbalance=exp:20 (minority collapse across epochs); "
                    "multilabel: a run on superposed MNIST-1D pairs (multi-label collapse). --epochs applies to sweep.")
+@click.option("--transfer", is_flag=True, help="The transfer demo instead: MLPs trained on digits 0-4, transferred to 5-9, "
+                                                "scores ranked against the probe error (files in OUT/transfer).")
 @handle_errors
-def demo(out_dir, epochs, seed, tutorial):
+def demo(out_dir, epochs, seed, tutorial, transfer):
     """Train a small MLP sweep on the bundled digits (CPU, no download), evaluate every checkpoint,
     print the last report and the correlation table, and write CSV and plots into OUT
-    (``--tutorial imbalance|multilabel``: the per-class tutorials instead)."""
+    (``--tutorial imbalance|multilabel``: the per-class tutorials; ``--transfer``: the transfer demo)."""
+    if transfer:  # ncbounds/demo_transfer.py
+        _transfer_demo(out_dir, epochs, seed)
+        return
     if tutorial != "sweep":
         from ncbounds.cli.demo_cmd import run_tutorial
 
@@ -123,12 +128,29 @@ def demo(out_dir, epochs, seed, tutorial):
         _fail(f"{result['summary'].failed} checkpoint(s) failed; see the *.error.json files in {result['files']['results']}.", 3)
 
 
+def _transfer_demo(out_dir, epochs, seed):
+    from ncbounds.demo_transfer import TARGET, run_transfer_demo
+    from ncbounds.report.correlate import render_text
+    from ncbounds.report.transfer_ranking import render_ranking
+
+    result = run_transfer_demo(out_dir, epochs=epochs, seed=seed, log=lambda m: click.echo(m, err=True))
+    click.echo(f"models trained on digits classes 0-4, transferred to {TARGET} (frozen features):")
+    click.echo(render_text(result["models"]))
+    click.echo("")
+    click.echo(render_ranking(result["ranking"]))
+    click.echo(f"\nper model: ncbounds transfer {result['files']['results'].parent / 'runs'}/w064_e{epochs:02d}.pt --target-data {TARGET}")
+    for key, path in result["files"].items():
+        click.echo(f"{key:>8}: {path}")
+    if result["summary"].failed:
+        _fail(f"{result['summary'].failed} checkpoint(s) failed; see the *.error.json files in {result['files']['results']}.", 3)
+
+
 @main.command("list-bounds")
 @click.option("--explain", "name", help="Print the formula, assumptions and reference of one bound.")
 @handle_errors
 def list_bounds(name):
     """Print the bound catalogue (name, status, what it bounds, reference)."""
-    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, TASK_GROUPS, explain, load_catalogue
+    from ncbounds.bounds.runner import EXPENSIVE_GROUPS, TARGET_GROUPS, TASK_GROUPS, explain, load_catalogue
 
     if name:
         click.echo(explain(name))
@@ -138,6 +160,7 @@ def list_bounds(name):
     for spec in sorted(catalogue.values(), key=lambda s: (s.group, s.name)):
         cost = " (Monte Carlo; not in default)" if spec.group in EXPENSIVE_GROUPS else ""
         cost = " (multi-label data; added there automatically)" if spec.group in TASK_GROUPS else cost
+        cost = " (target statistics; with --target-data)" if spec.group in TARGET_GROUPS else cost
         click.echo(f"{spec.name:<{width}}  {spec.status:<15}  {spec.group:<14}  {spec.bounds}{cost}\n{'':<{width}}  ↳ {spec.reference}")
 
 
@@ -156,8 +179,9 @@ def _register_subcommands() -> None:
     from ncbounds.cli.batch_cmd import batch
     from ncbounds.cli.merge_cmd import merge
     from ncbounds.cli.results_cmd import correlate, export, plot
+    from ncbounds.cli.transfer_cmd import transfer
 
-    for command in (batch, merge, export, correlate, plot):
+    for command in (batch, merge, export, correlate, plot, transfer):
         main.add_command(command)
 
 

@@ -48,16 +48,31 @@ def export(results, fmt, output, columns):
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "latex"]), default="table", show_default=True)
 @click.option("--hparams", help="Hyperparameters of the granulated τ, e.g. lr,width (default: every hp with ≥ 2 values, seeds excluded).")
 @click.option("-o", "--output", help="Write to this file instead of stdout.")
+@click.option("--against", help="Rank the models instead: Kendall τ, weighted τ, Pearson r and top-1/top-3 hits of every "
+                                "transferability score (NCTI combined across the batch) against this column, "
+                                "e.g. transfer.penultimate.probe_error.")
+@click.option("--measures", help="With --against: the columns to rank (names or patterns; default every transfer.*.score.* and NCTI).")
 @handle_errors
-def correlate(results, target, fmt, hparams, output):
-    """Kendall τ-b and granulated Kendall (Jiang et al. 2020) of every measure and bound with the test error or gap."""
+def correlate(results, target, fmt, hparams, output, against, measures):
+    """Kendall τ-b and granulated Kendall (Jiang et al. 2020) of every measure and bound with the test error or gap;
+    with --against COLUMN, the ranking of the transferability scores against that column."""
     from ncbounds.report.correlate import correlate_table, render_text
     from ncbounds.report.export import latex_table
     from ncbounds.report.results import records_to_frame
 
     check_output(output)
     df = records_to_frame(_load(results))
-    table = correlate_table(df, target=target, hparams=hparams)
+    if against:  # ranking models by transferability (report/transfer_ranking.py)
+        from ncbounds.report.transfer_ranking import ranking_table, render_ranking
+
+        table = ranking_table(df, against, measures)
+        render_text = render_ranking  # noqa: F811 - the ranking's own header
+    elif measures:
+        from ncbounds.errors import UsageError
+
+        raise UsageError("--measures applies with --against COLUMN.")
+    else:
+        table = correlate_table(df, target=target, hparams=hparams)
     if fmt == "table":
         text = render_text(table)
     elif fmt == "csv":

@@ -85,6 +85,9 @@ class EvalOptions:
                                  "logits, m the true number of labels, as Li et al. 2024 evaluate).")
     threads: int | None = _opt(flag="--threads", identity=False, since="0.2",
                                help="Torch threads per evaluation (default: the cores this process may use, divided among --jobs).")
+    target_data: str | None = _opt(flag="--target-data", since="0.2",
+                                   help="Transfer target: a data spec of new classes or another dataset of the same input shape "
+                                        "(e.g. digits:classes=5-9); adds one pass per target split and the record's transfer object.")
     progress: bool = _opt(False, flag=None, identity=False, record=False, help="Draw progress bars on stderr.")
     debug: bool = _opt(False, flag=None, identity=False, record=False, help="Let exceptions through (tracebacks).")
 
@@ -128,7 +131,11 @@ class EvalOptions:
                 raise bad("minority", f"must list class indices such as 0,3-5, not {self.minority!r}.") from None
         if self.ml_decision not in ("sigmoid", "top-m"):
             raise bad("ml_decision", f"must be 'sigmoid' or 'top-m', not {self.ml_decision!r}.")
-        selected = select_bounds(self.bounds)
+        if self.target_data is not None and (not isinstance(self.target_data, str) or not self.target_data.strip()):
+            raise bad("target_data", f"must be a data spec such as digits:classes=5-9, not {self.target_data!r}.")
+        from ncbounds.bounds.targets import target_selection
+
+        selected = target_selection(self.bounds, select_bounds(self.bounds), self.target_data is not None)
         resolve_bound_options(self.bound_options, selected)
         return selected
 

@@ -18,14 +18,14 @@ def _etf(k, r):
 
 def test_closed_form_on_a_simplex_etf():
     # isotropic σ²I in d dimensions: v_c = σ²d, ‖μ_i − μ_j‖² = 2r²K/(K−1)  ⇒  CDNV = σ²d(K−1)/(2r²K)
-    k, d, r, sigma2 = 6, 6, 3.0, 0.25
+    k, d, r, sigma2 = 6, 6, 3.0, 0.05
     cdnv = sigma2 * d * (k - 1) / (2 * r * r * k)
     out = galanti2022_transfer(_etf(k, r), np.full(k, sigma2 * d), shots=[1, 5], ways=5, split="test")
     assert out["cdnv"] == pytest.approx(cdnv, rel=1e-12)
-    assert out["per_m"][1] == pytest.approx(4 * cdnv * 2, rel=1e-12)
+    assert out["per_m"][1] == pytest.approx(8 * 4 * cdnv * 2, rel=1e-12)  # 8·(C'−1)·CDNV·(1 + 1/m), C' = 5
     assert out["value"] == out["per_m"][1]
-    assert out["per_m"][5] == pytest.approx(4 * cdnv * 1.2, rel=1e-12)
-    assert out["status"] == "up-to-constants" and out["uses_test_data"] and out["vacuous"] is False
+    assert out["per_m"][5] == pytest.approx(8 * 4 * cdnv * 1.2, rel=1e-12)
+    assert out["status"] == "plug-in" and out["constant"] == 8 and out["uses_test_data"] and out["vacuous"] is False
 
 
 def test_cdnv_from_features_matches_brute_force():

@@ -108,7 +108,8 @@ def input_files(checkpoint: str | Path, options: EvalOptions) -> dict[str, list[
     """The files besides the checkpoint that an evaluation reads, by role (absolute paths).
 
     ``data``: the files of a file-based data spec (``npz:``, ``features:``, ``cifar10:``/``cifar100:``
-    batches); ``arch``: the Python file of a file architecture (or the module file of an import path
+    batches); ``target``: those of ``target_data`` (only when it is given); ``arch``: the Python file of a
+    file architecture (or the module file of an import path
     found in the sidecar's folder); ``init``: the initialization checkpoint. Values typed as options win
     over the sidecar's, as in the evaluation. An unreadable sidecar gives what the options name.
     """
@@ -124,7 +125,10 @@ def input_files(checkpoint: str | Path, options: EvalOptions) -> dict[str, list[
     arch_spec, arch_base = (options.arch, None) if options.arch else ((side.arch, base) if side and side.arch else (None, None))
     arch = list(describe_spec(arch_spec, arch_base).files) if arch_spec else []
     init = options.init or (side.init_checkpoint if side else None)
-    return {"data": data, "arch": arch, "init": [os.path.abspath(init)] if init else []}
+    files = {"data": data, "arch": arch, "init": [os.path.abspath(init)] if init else []}
+    if options.target_data:  # the transfer target's files (a role only when given, so other identities stay)
+        files["target"] = data_files(options.target_data, None)
+    return files
 
 def inputs_hash(checkpoint: str | Path, options: EvalOptions, hashes: FileHashes | None = None) -> str | None:
     """SHA-256 of everything besides the checkpoint and the options that decides its numbers.

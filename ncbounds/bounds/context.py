@@ -104,6 +104,10 @@ class BoundContext:
     gibbs: Callable[..., Any] | None = None
     layer_fuzziness: list[float | None] = field(default_factory=list)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    #: Only in the context of a transfer evaluation (``train``/``test`` are then the target splits):
+    #: {'data': target spec, 'fewshot': penultimate few-shot entries of the target test split,
+    #: 'counts': {'train'|'test': class counts}}. Empty otherwise.
+    target: dict = field(default_factory=dict)
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per context and ``key`` (e.g. the network's weights read by several bounds,

@@ -25,6 +25,7 @@ BOUND_MODULES = (
     "ncbounds.bounds.nc_certificates",
     "ncbounds.bounds.predictors",
     "ncbounds.bounds.multilabel",
+    "ncbounds.bounds.transfer_bounds",
 )
 
 #: Groups whose bounds evaluate perturbed networks many times (Monte Carlo); not in the default set.
@@ -32,6 +33,10 @@ EXPENSIVE_GROUPS = ("pac-bayes", "jiang-flatness")
 #: Groups of bounds for one kind of data only: selected by name or group; on multi-label data the
 #: pipeline adds them itself (``bounds.multilabel.run_task_bounds``); default/all/certificates leave them out.
 TASK_GROUPS = ("multilabel",)
+
+#: Groups whose bounds read target statistics; in the default set only with --target-data
+#: (:func:`ncbounds.bounds.targets.target_selection`).
+TARGET_GROUPS = ("transfer",)
 
 
 def load_catalogue() -> dict[str, BoundSpec]:
@@ -51,7 +56,7 @@ def select_bounds(selection: str | None) -> list[str]:
         if item == "all":
             names += [n for n, s in catalogue.items() if s.group not in TASK_GROUPS]
         elif item == "default":
-            names += [n for n, s in catalogue.items() if s.group not in EXPENSIVE_GROUPS + TASK_GROUPS]
+            names += [n for n, s in catalogue.items() if s.group not in EXPENSIVE_GROUPS + TASK_GROUPS + TARGET_GROUPS]
         elif item in ("certificates", "predictors"):
             status = item[:-1] if item == "certificates" else "predictor"
             names += [n for n, s in catalogue.items() if s.status == status and s.group not in TASK_GROUPS]

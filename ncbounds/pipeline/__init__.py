@@ -27,6 +27,7 @@ import torch
 
 from ncbounds.bounds.base import BoundResult
 from ncbounds.bounds.multilabel import run_task_bounds
+from ncbounds.bounds.targets import split_target_bounds
 from ncbounds.features import FeatureExtractor, find_head, resolve_layers
 from ncbounds.metrics.conventions import get_convention
 from ncbounds.options import EvalOptions
@@ -74,6 +75,7 @@ def run_evaluation(checkpoint: str | None = None, options: EvalOptions | None = 
 
 
 def _run(checkpoint: str | None, opts: EvalOptions, selected: list[str]) -> EvaluationRun:
+    selected, target_bounds = split_target_bounds(selected)  # transfer bounds read the target statistics
     conv = get_convention(opts.convention)
     torch.manual_seed(opts.seed)
     t_start = time.perf_counter()
@@ -112,6 +114,10 @@ def _run(checkpoint: str | None, opts: EvalOptions, selected: list[str]) -> Eval
             record.notes.append(f"each certificate holds with probability ≥ 1 − δ = {1 - opts.delta:g} on its own; "
                                 f"k of them hold together with probability ≥ 1 − k·δ.")
         timings["bounds"] = time.perf_counter() - t0
+    if opts.target_data is not None:  # one pass per target split, the rest on cached features (pipeline/transfer.py)
+        from ncbounds.pipeline.transfer import run_transfer
+
+        record.transfer = run_transfer(prep, extractor, head, device, opts, conv, target_bounds, list(record.layers), timings)
     timings["total"] = time.perf_counter() - t_start
     record.timings = timings
     return EvaluationRun(record, splits, head, prep.model, prep.data)

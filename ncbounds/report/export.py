@@ -31,6 +31,7 @@ from ncbounds.errors import NCBoundsError, UsageError
 from ncbounds.report.classes import class_quantities
 from ncbounds.report.record import _clean
 from ncbounds.report.results import SPLITS, bound_names, checkpoint_label, records_to_frame, sorted_records
+from ncbounds.report.transfer_columns import transfer_long_rows
 
 FORMATS = ("csv", "csv-long", "json", "latex", "parquet")
 LONG_COLUMNS = ("checkpoint", "layer", "split", "quantity", "value", "status")
@@ -106,6 +107,7 @@ def long_table(records: Iterable[dict]) -> pd.DataFrame:
     * layerwise: layer ``-``, quantities ``layerwise_rho`` and ``layerwise_r`` per split, and
       ``effective_depth`` (split ``train``: it is defined by the training NCC error);
     * bounds: layer ``-``, split ``-``, quantity = bound name, ``status`` = the bound's status.
+    * with target data, the ``transfer.…`` rows of :func:`ncbounds.report.transfer_columns.transfer_long_rows`.
 
     ``status`` is NaN except for bounds. ``value`` is float64; non-numeric entries are left to JSON.
     """
@@ -144,6 +146,8 @@ def long_table(records: Iterable[dict]) -> pd.DataFrame:
             add(ckpt, "-", "train", "effective_depth", lw.get("effective_depth"))
         for name, b in bound_names(rec):
             add(ckpt, "-", "-", name, b.get("value"), b.get("status"))
+        for layer, split, quantity, value, status in transfer_long_rows(rec):  # report/transfer_columns.py
+            add(ckpt, layer, split, quantity, value, status)
     df = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
     df["value"] = df["value"].astype("float64")
     from ncbounds.report.results import csv_normalized

@@ -17,6 +17,8 @@ JSON layout (``record.to_dict()``; ``schema_version`` 2)::
                  classifier_cosines?, decision_rule?, multiplicity?, pairs?}  (absent in older records)
     layerwise   {epsilon, train|test: {layerwise_rho, layerwise_r}, effective_depth, effective_depth_layer}
     bounds      [ {name, value, bounds, status, reference, delta, inputs, reason, details, vacuous} ]
+    transfer    only with target data: {target, settings, layers: {NAME: {dim, index, metrics, ncc_error,
+                probe_error, fewshot, scores, score_notes, covariance_rank}}, layer_sweep, tunnel, bounds, notes}
     convention  {name, differences, description}
     provenance  {ncbounds, torch, numpy, python, device, seed, created, hyperparameters, hyperparameters_source, metadata}
     options     the evaluation options (:meth:`ncbounds.options.EvalOptions.to_record`)
@@ -43,8 +45,8 @@ from ncbounds.bounds.base import BoundResult
 SCHEMA_VERSION = 2
 
 __all__ = [
-    "SCHEMA_VERSION", "BoundRecord", "CheckpointInfo", "ClassesInfo", "ConventionInfo", "DataInfo", "EvalRecord", "LayerRecord", "Layerwise",
-    "ModelInfo", "Provenance", "SplitErrors",
+    "SCHEMA_VERSION", "BoundRecord", "CheckpointInfo", "ClassesInfo", "ConventionInfo", "DataInfo", "EvalRecord", "LayerRecord",
+    "Layerwise", "ModelInfo", "Provenance", "SplitErrors", "TransferRecord",
 ]
 
 
@@ -280,6 +282,26 @@ class BoundRecord(_Section):
         return cls.from_dict(result.to_dict())
 
 
+@_section
+class TransferRecord(_Section):
+    """Transfer of the frozen features to a target (new classes or another dataset of the same input shape).
+
+    ``target`` {data, kind, num_classes, classes (original ids), classes_selected, n_train, n_test,
+    class_counts}; ``settings`` (few-shot protocol, probe, splits used); ``layers`` {NAME: {dim, index,
+    metrics {train, test}, ncc_error, probe_error, fewshot [...], scores {...}, score_notes,
+    covariance_rank}}; ``layer_sweep`` (best layer per error); ``tunnel`` (covariance ranks, probe
+    accuracies, penultimate-to-best ratio); ``bounds`` (the transfer bounds, as in ``bounds``); ``notes``.
+    """
+
+    target: dict
+    settings: dict
+    layers: dict
+    layer_sweep: dict
+    tunnel: dict
+    bounds: list
+    notes: list
+
+
 @dataclass(eq=False)
 class EvalRecord:
     """One checkpoint's report; see the module docstring for the JSON layout."""
@@ -291,6 +313,7 @@ class EvalRecord:
     layers: dict[str, LayerRecord]
     layerwise: Layerwise
     bounds: list[BoundRecord] = field(default_factory=list)
+    transfer: TransferRecord | None = None  # only with target data (written only then)
     convention: ConventionInfo = field(default_factory=ConventionInfo)
     provenance: Provenance = field(default_factory=Provenance)
     options: dict = field(default_factory=dict)
@@ -302,7 +325,7 @@ class EvalRecord:
 
     _SECTIONS: ClassVar[dict[str, type]] = {
         "checkpoint": CheckpointInfo, "model": ModelInfo, "data": DataInfo, "layerwise": Layerwise,
-        "convention": ConventionInfo, "provenance": Provenance, "classes": ClassesInfo,
+        "convention": ConventionInfo, "provenance": Provenance, "classes": ClassesInfo, "transfer": TransferRecord,
     }
 
     def __post_init__(self) -> None:
@@ -319,7 +342,7 @@ class EvalRecord:
         """The JSON object (strict: no NaN, numpy scalars as numbers); ``schema_version`` first."""
         out = {"schema_version": self.schema_version}
         for f in fields(self):
-            if f.name in ("schema_version", "extra") or (f.name == "classes" and self.classes is None):
+            if f.name in ("schema_version", "extra") or (f.name in ("classes", "transfer") and getattr(self, f.name) is None):
                 continue
             out[f.name] = _clean(getattr(self, f.name))
         out.update(_clean(self.extra))

@@ -25,6 +25,7 @@ Wide-table columns, in this order (missing values are NaN):
   ``test.layerwise_r``, ``effective_depth``, ``effective_depth_layer``;
 * for every bound (in the order of the records): ``bound.<name>`` (value), ``bound.<name>.status``,
   ``bound.<name>.vacuous``.
+* with target data, the transfer columns ``transfer.…`` (:mod:`ncbounds.report.transfer_columns`).
 
 Rows are sorted by ``checkpoint`` (then ``relative_path``), lexicographically. Metric, error and bound
 values are float64. Every other column has exactly the dtype ``pandas.read_csv`` infers for it from the
@@ -49,6 +50,7 @@ import pandas as pd
 
 from ncbounds.errors import DataError
 from ncbounds.io.output import is_temporary_name
+from ncbounds.report.transfer_columns import transfer_cells
 
 SPLITS = ("train", "test")
 PROVENANCE_COLUMNS = ("checkpoint", "relative_path", "sha256", "format", "arch", "data", "convention", "device", "created")
@@ -59,6 +61,8 @@ SIZE_COLUMNS = ("n_train", "n_test", "num_classes", "num_params")
 LAYERWISE_COLUMNS = (
     "train.layerwise_rho", "train.layerwise_r", "test.layerwise_rho", "test.layerwise_r", "effective_depth", "effective_depth_layer",
 )
+#: the first columns of the transfer object (the rest follow in record order; report/transfer_columns.py)
+TRANSFER_HEAD = ("transfer.target", "transfer.num_classes", "transfer.n_train", "transfer.n_test")
 #: suffixes of temporary / partial files other writers (editors, copy tools) leave behind
 _TEMP_MARKERS = (".tmp", ".part", ".partial", ".swp", "~")
 #: the lock files of ``ncbounds batch`` / ``merge``: part of a results folder, never reported
@@ -362,6 +366,9 @@ def _row(record: dict) -> tuple[dict[str, Any], dict[str, Any]]:
         floats[f"bound.{name}"] = _float(b.get("value"))
         other[f"bound.{name}.status"] = b.get("status")
         other[f"bound.{name}.vacuous"] = b.get("vacuous")
+    numbers, text = transfer_cells(record)  # the transfer object (report/transfer_columns.py)
+    floats.update({k: _float(v) for k, v in numbers.items()})
+    other.update(text)
     return floats, other
 
 
@@ -380,7 +387,10 @@ def _column_order(rows: list[tuple[dict, dict]]) -> list[str]:
         metric_cols += [k for k in union(lambda f, o, s=split: [k for k in f if k.startswith(f"{s}.")]) if k not in LAYERWISE_COLUMNS]
     bounds = union(lambda f, o: [k for k in f if k.startswith("bound.")])
     bound_cols = [c for b in bounds for c in (b, f"{b}.status", f"{b}.vacuous")]
-    return [*PROVENANCE_COLUMNS, *hps, *ERROR_COLUMNS, *SIZE_COLUMNS, *metric_cols, *LAYERWISE_COLUMNS, *bound_cols]
+    transfer = union(lambda f, o: [k for k in (*o, *f) if k.startswith("transfer.") and k in TRANSFER_HEAD])
+    transfer += union(lambda f, o: [k for k in f if k.startswith("transfer.")])
+    transfer += union(lambda f, o: [k for k in o if k.startswith("transfer.") and k not in TRANSFER_HEAD])
+    return [*PROVENANCE_COLUMNS, *hps, *ERROR_COLUMNS, *SIZE_COLUMNS, *metric_cols, *LAYERWISE_COLUMNS, *bound_cols, *transfer]
 
 
 def csv_normalized(df: pd.DataFrame) -> pd.DataFrame:

@@ -34,8 +34,8 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from ncbounds.stats.binomial import clopper_pearson, kl_inverse_upper
 from ncbounds.errors import DataError, StatisticsError, UsageError
+from ncbounds.stats.binomial import clopper_pearson, kl_inverse_upper
 from ncbounds.transfer._checks import class_means, features_2d
 
 __all__ = [
