@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 import click
-
 from ncbounds.cli.common import _options_from, evaluation_options, handle_errors
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 import click
-
 from ncbounds.cli.common import _fail, _json_object, _options_from, _write, check_output, evaluation_options, handle_errors  # noqa: F401 - re-exported
+
 from ncbounds.errors import NCBoundsError
 
 

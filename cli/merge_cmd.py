@@ -8,7 +8,6 @@ Exit code 0 when OUT was written (whatever it reports), 1 or 2 when it could not
 from __future__ import annotations
 
 import click
-
 from ncbounds.cli.common import handle_errors
 
 

@@ -8,7 +8,6 @@ Data goes to stdout or ``-o FILE``; notes (skipped files) go to stderr.
 from __future__ import annotations
 
 import click
-
 from ncbounds.cli.common import _write, check_output, handle_errors
 
 

@@ -7,7 +7,6 @@ Registered on the ``main`` group by ``cli/main.py``. It takes every evaluation o
 from __future__ import annotations
 
 import click
-
 from ncbounds.cli.common import _options_from, _write, check_output, evaluation_options, handle_errors
 
 

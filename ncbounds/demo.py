@@ -18,6 +18,7 @@ from torch import nn
 
 from ncbounds.errors import NCBoundsError
 from ncbounds.io.datasets import load_data
+from ncbounds.io.output import save_torch, write_atomic
 from ncbounds.models import build_model
 
 DEMO_DATA = "digits"
@@ -40,8 +41,8 @@ def train_demo(
     data = load_data(DEMO_DATA)
     arch = f"mlp:input_dim={data.input_shape[0]},num_classes={data.num_classes},width={width},depth={depth}"
     model = build_model(arch)
-    (out / "ncbounds.json").write_text(json.dumps({"arch": arch, "data": DEMO_DATA, "init_checkpoint": "init.pt"}, indent=2))
-    torch.save(model.state_dict(), out / "init.pt")
+    write_atomic(out / "ncbounds.json", json.dumps({"arch": arch, "data": DEMO_DATA, "init_checkpoint": "init.pt"}, indent=2))
+    save_torch(model.state_dict(), out / "init.pt")
     x = torch.as_tensor(data.train.x)
     y = torch.as_tensor(data.train.y)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -60,8 +61,8 @@ def train_demo(
             opt.step()
             total += float(loss.detach()) * len(idx)
         path = out / f"epoch_{epoch:02d}.pt"
-        torch.save(model.state_dict(), path)
-        path.with_suffix(".json").write_text(json.dumps({"epoch": epoch, "lr": lr, "width": width, "seed": seed}))
+        save_torch(model.state_dict(), path)
+        write_atomic(path.with_suffix(".json"), json.dumps({"epoch": epoch, "lr": lr, "width": width, "seed": seed}))
         paths.append(path)
         if log:
             log(f"epoch {epoch:2d}/{epochs}: train loss {total / len(x):.4f} -> {path}")
@@ -93,10 +94,14 @@ def run_demo(out_dir: str | Path, epochs: int = 8, widths=DEMO_WIDTHS, seed: int
     table = records_to_frame(records)
     files = {"results": results, "csv": out / "results.csv", "correlations": out / "correlations.csv",
              "plot_bounds": out / "bounds.png", "plot_epochs": out / "epochs.png", "plot_layers": out / "layers.png"}
-    files["csv"].write_text(export(table, "csv"))
+    write_atomic(files["csv"], export(table, "csv"))
     corr = correlate_table(table, target="test_error")
-    corr.to_csv(files["correlations"], index=False)
-    last = max(records, key=lambda r: (r["provenance"]["hyperparameters"].get("width", 0), r["provenance"]["hyperparameters"].get("epoch", 0)))
+    write_atomic(files["correlations"], corr.to_csv(index=False, lineterminator="\n"))
+    def width_epoch(record):
+        hp = record["provenance"]["hyperparameters"]
+        return hp.get("width", 0), hp.get("epoch", 0)
+
+    last = max(records, key=width_epoch)
     notes = []
     try:
         plot_bounds(table, files["plot_bounds"])

@@ -23,6 +23,7 @@ import torch
 
 from ncbounds.errors import NCBoundsError
 from ncbounds.io.datasets import load_data
+from ncbounds.io.output import save_torch, write_atomic
 from ncbounds.models import build_model
 
 IMBALANCE_DATA = "digits:imbalance=exp:20"
@@ -47,7 +48,7 @@ def train_run(out_dir: str | Path, data_spec: str, save_epochs, width: int = 128
     data = load_data(data_spec)
     arch = f"mlp:input_dim={data.input_shape[0]},num_classes={data.num_classes},width={width},depth={depth}"
     model = build_model(arch)
-    (out / "ncbounds.json").write_text(json.dumps({"arch": arch, "data": data_spec}, indent=2))
+    write_atomic(out / "ncbounds.json", json.dumps({"arch": arch, "data": data_spec}, indent=2))
     x = torch.as_tensor(data.train.x)
     y = torch.as_tensor(data.train.y)
     multilabel = data.task == "multilabel"
@@ -68,8 +69,8 @@ def train_run(out_dir: str | Path, data_spec: str, save_epochs, width: int = 128
             total += float(loss.detach()) * len(idx)
         if epoch in save_epochs:
             path = out / f"epoch_{epoch:03d}.pt"
-            torch.save(model.state_dict(), path)
-            path.with_suffix(".json").write_text(json.dumps({"epoch": epoch, "lr": lr, "width": width, "weight_decay": weight_decay,
+            save_torch(model.state_dict(), path)
+            write_atomic(path.with_suffix(".json"), json.dumps({"epoch": epoch, "lr": lr, "width": width, "weight_decay": weight_decay,
                                                               "seed": seed}))
             paths.append(path)
             if log:
@@ -86,8 +87,8 @@ def _evaluate(out: Path, options, log, progress) -> tuple[list, dict]:
     summary = run_batch(out / "runs", results, options, resume=True, progress=progress, log=log)
     records = sorted(load_records(results), key=lambda r: r["provenance"]["hyperparameters"].get("epoch", 0))
     files = {"results": results, "csv": out / "results.csv", "csv_long": out / "tidy.csv", "plot_classes": out / "classes.png"}
-    files["csv"].write_text(export(records, "csv"))
-    files["csv_long"].write_text(export(records, "csv-long"))
+    write_atomic(files["csv"], export(records, "csv"))
+    write_atomic(files["csv_long"], export(records, "csv-long"))
     notes = []
     try:
         from ncbounds.report.class_plots import plot_classes

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ncbounds.io.datasets import load_data
+from ncbounds.io.output import save_torch, write_atomic
 from ncbounds.models import build_model
 
 SOURCE = "digits:classes=0-4"
@@ -37,7 +38,7 @@ def train_source_models(out_dir: str | Path, widths=WIDTHS, epochs=(2, 8), lr: f
     data = load_data(SOURCE)
     x, y = torch.as_tensor(data.train.x), torch.as_tensor(data.train.y)
     paths = []
-    (out / "ncbounds.json").write_text(json.dumps({"arch": f"mlp:input_dim={data.input_shape[0]},num_classes={data.num_classes},depth=2",
+    write_atomic(out / "ncbounds.json", json.dumps({"arch": f"mlp:input_dim={data.input_shape[0]},num_classes={data.num_classes},depth=2",
                                                    "data": SOURCE}, indent=2))
     for width in widths:
         torch.manual_seed(seed)
@@ -54,8 +55,8 @@ def train_source_models(out_dir: str | Path, widths=WIDTHS, epochs=(2, 8), lr: f
                 opt.step()
             if epoch in epochs:
                 path = out / f"w{width:03d}_e{epoch:02d}.pt"
-                torch.save(model.state_dict(), path)
-                path.with_suffix(".json").write_text(json.dumps({"arch_kwargs": {"width": width},
+                save_torch(model.state_dict(), path)
+                write_atomic(path.with_suffix(".json"), json.dumps({"arch_kwargs": {"width": width},
                                                                   "hparams": {"width": width, "epochs": epoch, "seed": seed}}))
                 paths.append(path)
                 if log:
@@ -78,8 +79,8 @@ def run_transfer_demo(out_dir: str | Path, epochs: int = 8, seed: int = 0, log=N
     table = records_to_frame(load_records(results))
     ranking = ranking_table(table, AGAINST)
     files = {"results": results, "csv": out / "results.csv", "ranking": out / "ranking.csv"}
-    table.to_csv(files["csv"], index=False)
-    ranking.to_csv(files["ranking"], index=False)
+    write_atomic(files["csv"], table.to_csv(index=False, lineterminator="\n"))
+    write_atomic(files["ranking"], ranking.to_csv(index=False, lineterminator="\n"))
     keep = ["checkpoint", "hp.width", "hp.epochs", "test_error", "transfer.penultimate.probe_error",
             "transfer.penultimate.ncc_error", "transfer.penultimate.fewshot.5way5shot", "transfer.penultimate.score.logme",
             "transfer.penultimate.score.leep", "transfer.tunnel.penultimate_to_best_probe_accuracy"]

@@ -33,11 +33,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from ncbounds.cli.main import main  # cli/main.py registers `batch`; registered below if it does not (yet)
 
 import ncbounds.batch
 import ncbounds.batch.local
 import ncbounds.bounds.runner as bound_runner
-from ncbounds.cli.main import main  # cli/main.py registers `batch`; registered below if it does not (yet)
 from ncbounds.batch import (
     ERROR_SUFFIX,
     find_checkpoints,

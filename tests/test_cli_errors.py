@@ -28,8 +28,8 @@ from helpers_models import (
     trained_mlp,
     write_npz,
 )
-
 from ncbounds.cli.main import main
+
 from ncbounds.models import build_model
 
 REPO = os.path.dirname(TESTS_DIR)

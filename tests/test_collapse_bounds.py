@@ -7,16 +7,16 @@ import math
 
 import numpy as np
 import pytest
-from helpers_models import bound_settings
 import torch
+from helpers_models import bound_settings
 
 from ncbounds.bounds import collapse_bounds as cb
 from ncbounds.bounds import predictors as pr
 from ncbounds.bounds.base import REGISTRY, REPLAY, ReplayInfo
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
+from ncbounds.bounds.replay.moments import ClassMoments
 from ncbounds.metrics.collapse import collapse_metrics
 from ncbounds.stats import ClassStats, ProjectedStats
-from ncbounds.bounds.replay.moments import ClassMoments
 
 ALPHA, BETA = 0.0728605240583419, 1.672136664390564
 PUBLISHED_OLD = {1: 29.11436, 5: 8.19605, 10: 5.66635, 20: 4.16672, 50: 2.94537, 100: 2.33454, 200: 1.88640, 500: 1.45917}

@@ -372,7 +372,6 @@ def test_parquet_round_trip_when_pyarrow_is_installed(table):
 def test_commands(folder, tmp_path, monkeypatch):
     click = pytest.importorskip("click")
     from click.testing import CliRunner
-
     from ncbounds.cli.results_cmd import correlate, plot
     from ncbounds.cli.results_cmd import export as export_cmd
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ncbounds
-from ncbounds.pipeline import run_evaluation
 from ncbounds.models import build_model
+from ncbounds.pipeline import run_evaluation
 from ncbounds.stats.split import SplitStatistics
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -18,9 +18,9 @@ from scipy.stats import norm
 from ncbounds.bounds import nc_certificates as nc
 from ncbounds.bounds.base import REGISTRY, REPLAY, ReplayInfo
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
-from ncbounds.stats.class_stats import ClassStats
 from ncbounds.bounds.replay.decision_axes import AffineRule, DecisionAxisStats, decision_axes_factory
 from ncbounds.bounds.replay.pair_moments import PairMoments, pair_moments_factory
+from ncbounds.stats.class_stats import ClassStats
 
 # ------------------------------------------------------------------------------------------------
 # helpers

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from helpers_models import bound_settings
 import torch
+from helpers_models import bound_settings
 from torch import nn
 
 from ncbounds.bounds import jiang_norms, norm_margin

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from helpers_models import bound_settings
 import torch
+from helpers_models import bound_settings
 from scipy.optimize import brentq
 from torch import nn
 

@@ -28,11 +28,11 @@ from helpers_models import (
 )
 
 import ncbounds
-from ncbounds.pipeline import run_evaluation
 from ncbounds.errors import UsageError
 from ncbounds.features import PENULTIMATE, FeatureExtractor
 from ncbounds.io.datasets import Split, iterate_batches, load_data
 from ncbounds.metrics.functional import metrics_from_features
+from ncbounds.pipeline import run_evaluation
 from ncbounds.stats import ClassStats
 
 try:  # brute-force, store-everything float64 twin of every metric (tests/reference_collapse.py)

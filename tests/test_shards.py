@@ -26,7 +26,6 @@ from test_batch import ALL, BOUNDS, CORRUPT, _invoke, _numbers, _records  # noqa
 
 from ncbounds.batch import (  # noqa: E402
     ERROR_SUFFIX,
-    locked as _locked,
     find_checkpoints,
     merge_results,
     parse_shard,
@@ -34,6 +33,9 @@ from ncbounds.batch import (  # noqa: E402
     select_shard,
     shard_from_env,
     shard_of,
+)
+from ncbounds.batch import (
+    locked as _locked,
 )
 from ncbounds.errors import NCBoundsError, UsageError  # noqa: E402
 from ncbounds.pipeline import EvalOptions  # noqa: E402

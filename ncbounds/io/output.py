@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ncbounds.errors import NCBoundsError, UsageError
 
-__all__ = ["TMP_SUFFIX", "check_output_path", "is_temporary_name", "temporary_target", "write_atomic"]
+__all__ = ["TMP_SUFFIX", "check_output_path", "is_temporary_name", "save_torch", "temporary_target", "write_atomic"]
 
 #: Suffix of every temporary file ncbounds writes (``.NAME.PID.HEX.ncbounds-tmp``).
 TMP_SUFFIX = ".ncbounds-tmp"
@@ -152,3 +152,14 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, make_parents: bo
             raise NCBoundsError(f"cannot write {given}: {_cause(exc)}; nothing was written (free space or choose another path).") from None
         raise
     return target
+
+
+def save_torch(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` through :func:`write_atomic` (the demos write their checkpoints this way)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_atomic(path, buffer.getvalue())

@@ -35,7 +35,8 @@ NOT_HYPERPARAMETER = re.compile(
     rf"""^(
         (train|training|test|val|valid|validation|eval|final|best|heldout)[_.-]?{_MEASURE}s?
       | {_MEASURE}s?
-      | (.*[_.-])?(time|times|timing|timings|seconds|secs|sec|duration|elapsed|runtime|wall|walltime|wall_time|timestamp|date|datetime|created|updated)
+      | (.*[_.-])?(time|times|timing|timings|seconds|secs|sec|duration|elapsed|runtime|wall|walltime|wall_time
+                   |timestamp|date|datetime|created|updated)
       | git|git_.*|commit|sha|sha1|sha256|hash|host|hostname|node|user|path|file|filename|checkpoint|ckpt|version|versions
       | run|run_id|run_name|id|uuid|wandb.*|mlflow.*|notes?|comment|comments|description|tags?|status
       | compiled|torch_compile|ddp|dataparallel|distributed|wrapper|wrapper_key|prefix|module_prefix|format|weights_only

@@ -8,7 +8,6 @@ import platform
 import numpy as np
 import torch
 
-from ncbounds.version import __version__
 from ncbounds.features import PENULTIMATE
 from ncbounds.metrics.classes import multilabel_split_errors
 from ncbounds.metrics.collapse import collapse_notes
@@ -18,6 +17,7 @@ from ncbounds.pipeline.classes import add_class_sections
 from ncbounds.report.record import EvalRecord
 from ncbounds.stats.binomial import clopper_pearson
 from ncbounds.stats.split import SplitStatistics
+from ncbounds.version import __version__
 
 
 def _errors(split: SplitStatistics) -> dict | None:
@@ -36,7 +36,8 @@ def assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None) 
     """The record of the finished passes (bounds are added by the caller)."""
     notes = list(prep.notes)
     if opts.amp:
-        notes.append("the forward pass ran under automatic mixed precision (--amp): features are half precision, statistics are still float64.")
+        notes.append("the forward pass ran under automatic mixed precision (--amp): features are half precision, "
+                     "statistics are still float64.")
     train = splits["train"]
     aliases = aliases or {}
     order = [name for name in train.layers if name not in aliases]  # forward order, penultimate last, each representation once
@@ -80,7 +81,8 @@ def assemble(prep, splits, head, conv, opts, device, num_classes, aliases=None) 
     }
     model_info = prep.model_info
     if model_info is None and head is not None:
-        model_info = {"arch": "linear head from features file", "num_classes": num_classes, "penultimate": "features file", "num_params": int(head[0].numel() + head[1].numel())}
+        model_info = {"arch": "linear head from features file", "num_classes": num_classes, "penultimate": "features file",
+                      "num_params": int(head[0].numel() + head[1].numel())}
     options = opts.to_record()
     provenance = {
         "ncbounds": __version__,

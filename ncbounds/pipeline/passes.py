@@ -53,7 +53,10 @@ def stream_split(split_name, split, prep, extractor, head, device, opts, referen
                     try:
                         feats, logits = extractor.run(xb)
                     except RuntimeError as exc:
-                        raise input_mismatch(exc, prep, xb) or exc
+                        mismatch = input_mismatch(exc, prep, xb)
+                        if mismatch is None:
+                            raise
+                        raise mismatch from None
             nc4 = None
             if logits is not None and not conv.nc4_use_bias and head is not None:
                 nc4 = (feats[PENULTIMATE].to(torch.float64) @ head[0].to(device).T).argmax(1)

@@ -76,10 +76,12 @@ def prepare(checkpoint: str | None, opts: EvalOptions) -> Prepared:
     data = _load_data(data_spec, data_base)
     if data.kind == "features":
         if checkpoint:
-            raise UsageError("--data features:FILE already holds the features; run `ncbounds report --data features:FILE` without a checkpoint.")
+            raise UsageError("--data features:FILE already holds the features; run `ncbounds report --data features:FILE` "
+                             "without a checkpoint.")
         return Prepared(None, data, None, None, {}, notes, None)
     if not checkpoint:
-        raise UsageError(f"data spec {data_spec!r} holds raw inputs, so a checkpoint is needed: ncbounds report CKPT --arch ... --data {data_spec}.")
+        raise UsageError(f"data spec {data_spec!r} holds raw inputs, so a checkpoint is needed: "
+                         f"ncbounds report CKPT --arch ... --data {data_spec}.")
     ckpt = load_checkpoint(checkpoint, trust=opts.trust_checkpoint)
     arch = opts.arch or side.arch
     kwargs = {**(side.arch_kwargs or {}), **(opts.arch_kwargs or {})}
@@ -93,10 +95,12 @@ def prepare(checkpoint: str | None, opts: EvalOptions) -> Prepared:
         model = ckpt.module
         arch = f"<{ckpt.format}: {type(model).__name__}>"
         if model.training:
-            notes.append("the checkpoint's module was saved in train mode; it was switched to eval mode (BatchNorm running statistics, no dropout).")
+            notes.append("the checkpoint's module was saved in train mode; it was switched to eval mode (BatchNorm running "
+                         "statistics, no dropout).")
     else:
         if not arch:
-            raise UsageError(f"no architecture for {checkpoint}: pass --arch (e.g. mlp:width=128) or add 'arch' to {Path(checkpoint).with_suffix('.json').name}.")
+            raise UsageError(f"no architecture for {checkpoint}: pass --arch (e.g. mlp:width=128) or add 'arch' to "
+                             f"{Path(checkpoint).with_suffix('.json').name}.")
         from_sidecar = bool(side and not opts.arch)
         model = build_model(arch, kwargs, base_dir=side.base_dir if from_sidecar else None, strict_factory=from_sidecar)
         notes += _builtin_name_note(arch, side.source_of("arch") if from_sidecar else None)
@@ -124,7 +128,8 @@ def _builtin_name_note(arch: str, sidecar: str | None) -> list[str]:
     if info.kind != "builtin" or written == info.name:
         return []
     where = f" in {sidecar}" if sidecar else ""
-    return [f"the architecture name {written!r}{where} was read as the built-in {info.name!r} ({BUILTIN_ARCHITECTURES[info.name].__name__}); "
+    built = BUILTIN_ARCHITECTURES[info.name].__name__
+    return [f"the architecture name {written!r}{where} was read as the built-in {info.name!r} ({built}); "
             f"built-in names are case-insensitive and '_' equals '-'."]
 
 

@@ -331,6 +331,7 @@ def render_text(table: pd.DataFrame) -> str:
 
 
 __all__ = [
-    "TARGETS", "choose_hparams", "correlate_table", "default_hparams", "group_report", "granulated_kendall", "kendall_table", "kendall_tau", "measure_columns",
+    "TARGETS", "choose_hparams", "correlate_table", "default_hparams", "group_report", "granulated_kendall", "kendall_table",
+    "kendall_tau", "measure_columns",
     "render_text", "tau_a",
 ]

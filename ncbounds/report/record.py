@@ -140,7 +140,7 @@ class _Section(Mapping):
 
 def _section(cls):
     """Decorator: a dataclass section whose fields default to ABSENT and that keeps unknown keys."""
-    for name, annotation in list(cls.__annotations__.items()):
+    for name in list(cls.__annotations__):
         if not hasattr(cls, name):
             setattr(cls, name, ABSENT)
     cls.__annotations__["_extra"] = "dict"

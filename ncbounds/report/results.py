@@ -124,7 +124,10 @@ def scan_results(folder: str | Path, recursive: bool = True) -> list[ResultFile]
                 continue
             reason = _classify_name(entry.name)
             is_error = entry.name.endswith(ERROR_SUFFIX)
-            name = entry.name[: -len(ERROR_SUFFIX)] if is_error else entry.name[: -len(".json")] if entry.name.endswith(".json") else entry.name
+            if is_error:
+                name = entry.name[: -len(ERROR_SUFFIX)]
+            else:
+                name = entry.name[: -len(".json")] if entry.name.endswith(".json") else entry.name
             if reason is not None:
                 out.append(ResultFile(entry, "skipped", name, reason))
                 continue
@@ -436,6 +439,7 @@ def load_results(path: str | Path | Iterable[dict]) -> pd.DataFrame:
 
 
 __all__ = [
-    "ERROR_SUFFIX", "Records", "ResultFile", "is_record", "scan_results", "load_records", "load_results", "records_to_frame", "sorted_records", "bound_names",
+    "ERROR_SUFFIX", "Records", "ResultFile", "is_record", "scan_results", "load_records", "load_results", "records_to_frame",
+    "sorted_records", "bound_names",
     "checkpoint_label", "csv_normalized",
 ]

@@ -42,7 +42,8 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     numeric = [i > 0 and all(_is_number(r[i]) or r[i] == "" for r in rows) for i in range(len(header))]
 
     def line(r):
-        return "  ".join(str(c).rjust(w) if numeric[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+        cells = (str(c).rjust(w) if numeric[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        return "  ".join(cells).rstrip()
 
     return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
 
@@ -122,7 +123,8 @@ def render_table(record: EvalRecord, per_class: bool | None = None) -> str:
         rows = []
         for name, layer in r.layers.items():
             m = layer["metrics"]
-            rows.append([f"{layer['index']}. {name}", str(layer["dim"])] + [f"{fmt(m['train'].get(c), 3)} / {fmt(m['test'].get(c), 3)}" for c in LAYER_COLUMNS])
+            cells = [f"{fmt(m['train'].get(c), 3)} / {fmt(m['test'].get(c), 3)}" for c in LAYER_COLUMNS]
+            rows.append([f"{layer['index']}. {name}", str(layer["dim"])] + cells)
         out += _grid(["layer", "d", *LAYER_COLUMNS], rows)
         lw = r.layerwise
         out.append(

@@ -141,7 +141,8 @@ class SplitStatistics:
                 counter = NCCCounter(means.to(self.device), present.to(self.device))
                 use_nc4 = name == self.penultimate and _NC4 in self._spill.rows
                 nc4_chunks = self._spill.chunks(_NC4, chunk_rows) if use_nc4 else ()
-                for chunk, y, pred in zip_longest(self._spill.chunks(name, chunk_rows), self._spill.chunks(_LABELS, chunk_rows), nc4_chunks):
+                chunks = zip_longest(self._spill.chunks(name, chunk_rows), self._spill.chunks(_LABELS, chunk_rows), nc4_chunks)
+                for chunk, y, pred in chunks:
                     h = chunk.to(self.device)
                     y = y.to(self.device)
                     projected.update(h, y)
