@@ -317,11 +317,14 @@ def _bound_context(prep, splits, head, record, opts, device, num_classes) -> Bou
             init_state = _load_init_state(init_path, prep.model, opts)
         except NCBoundsError as exc:
             record.notes.append(f"the initialization checkpoint could not be used ({exc}); init-based bounds are not applicable.")
-    gibbs = None
+    gibbs = pacbayes_opt = None
     if prep.model is not None:
+        from ncbounds.pacbayes_opt import PacBayesOptEngine
         from ncbounds.perturb import make_gibbs_oracle
 
         gibbs = make_gibbs_oracle(prep.model, prep.data, device, opts.batch_size)
+        unlabeled = {name: split.x for name, split in prep.data.splits().items() if name != "train"}  # inputs only, never labels
+        pacbayes_opt = PacBayesOptEngine(prep.model, prep.data.train, unlabeled=unlabeled, init_state=init_state, device=device)
     record.options["init"] = init_path
     return BoundContext(
         num_classes=num_classes,
@@ -335,6 +338,7 @@ def _bound_context(prep, splits, head, record, opts, device, num_classes) -> Bou
         input_norms=_input_norms(prep.data.train) if prep.model is not None else {},
         layerwise=record.layerwise,
         gibbs=gibbs,
+        pacbayes_opt=pacbayes_opt,
         layer_fuzziness=[layer["metrics"]["train"]["separation_fuzziness"] for layer in record.layers.values()],
     )
 
