@@ -51,7 +51,10 @@ class PacBayesOptConfig:
       sigma_init: initial posterior standard deviation, either a number (absolute, every
         parameter) or ``"relative:F"`` (s_i = F·|w_i| + 1e-8, Dziugaite & Roy's |w|-scaled start).
       p_min: the bounded cross-entropy surrogate min(−ln p_y, ln(1/p_min))/ln(1/p_min).
-      posterior_init: ``checkpoint`` (Q's mean starts at the trained weights) or ``prior``.
+      posterior_init: ``checkpoint`` (Q's mean starts at the trained weights), ``prior`` (at the prior
+        centre, as Pérez-Ortiz et al. do for data-dependent priors) or ``auto`` (checkpoint for the
+        ``init`` prior, prior for ``learn`` / ``given``: a learnt prior is a network trained on part of
+        the data, far from the checkpoint in weight space, and Q would first have to travel to it).
       train_on: ``all`` training samples (Pérez-Ortiz et al.) or only the ``certificate`` samples.
     Prior variance grid (Dziugaite & Roy 2017)
       lambda_c, lambda_b: λ_j = c·exp(−j/b), j = 1, 2, …; lambda_grid_size: None → countable grid
@@ -85,7 +88,7 @@ class PacBayesOptConfig:
     lr_sigma: float = 3e-2
     sigma_init: float | str = "relative:0.1"
     p_min: float = 0.1
-    posterior_init: str = "checkpoint"
+    posterior_init: str = "auto"
     train_on: str = "all"
     conv_noise: str = "exact"
     examples_per_draw: int = 10
@@ -144,7 +147,8 @@ class PacBayesOptConfig:
         need(is_num(self.lr_sigma) and self.lr_sigma >= 0, f"lr_sigma must be non-negative; got {self.lr_sigma!r}.")
         self.sigma_rule()  # validates sigma_init
         need(is_num(self.p_min) and 0.0 < self.p_min < 1.0, f"p_min must lie strictly between 0 and 1; got {self.p_min!r}.")
-        need(self.posterior_init in ("checkpoint", "prior"), f"posterior_init must be checkpoint or prior; got {self.posterior_init!r}.")
+        need(self.posterior_init in ("auto", "checkpoint", "prior"),
+             f"posterior_init must be auto, checkpoint or prior; got {self.posterior_init!r}.")
         need(self.conv_noise in ("exact", "local"), f"conv_noise must be exact or local; got {self.conv_noise!r}.")
         need(isinstance(self.examples_per_draw, int) and not isinstance(self.examples_per_draw, bool)
              and self.examples_per_draw >= 1, f"examples_per_draw must be a positive integer; got {self.examples_per_draw!r}.")

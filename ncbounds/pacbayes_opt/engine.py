@@ -314,8 +314,12 @@ def _run(model, train, config, delta, init_state, prior_state, unlabeled, device
 
     # 2. posterior -----------------------------------------------------------------------------
     base = working_copy(model, device)
-    start_mean = ({k: v.clone() for k, v in prior.centre.items()} if config.posterior_init == "prior"
+    posterior_init = config.posterior_init
+    if posterior_init == "auto":
+        posterior_init = "checkpoint" if prior.kind == "init" else "prior"
+    start_mean = ({k: v.clone() for k, v in prior.centre.items()} if posterior_init == "prior"
                   else {k: v.detach().clone() for k, v in base.named_parameters() if k in prior.centre})
+    prior.info["posterior_init"] = posterior_init
     post = GaussianPosterior(base, _initial_sigma(config, start_mean), start_mean, device)
     post.conv_training = config.conv_noise
     post.examples_per_draw = config.examples_per_draw
