@@ -250,6 +250,25 @@ def test_runs_are_deterministic_and_memoised():
     assert len(a.history["step"]) == 3 and a.steps_done == 15 and a.stopped_by == "steps"
 
 
+@pytest.mark.parametrize("objective", ["fquad", "fclassic", "flamb", "dziugaite-roy"])
+def test_every_objective_runs_and_lowers_its_value(objective):
+    model, init, train = tiny_problem()
+    cfg = PacBayesOptConfig(prior="init", objective=objective, **{**FAST, "steps": 60, "log_every": 10})
+    res = optimise_pac_bayes(model, train, cfg, 0.05, init_state=init, seed=0)
+    h = res.history["objective"]
+    assert all(math.isfinite(v) for v in h) and h[-1] < h[0]
+    assert 0.0 <= res.gibbs["gibbs_error"] <= res.value <= 1.0
+
+
+def test_time_budget_finite_grid_and_certificate_only_training():
+    model, init, train = tiny_problem()
+    cfg = PacBayesOptConfig(prior="learn", train_on="certificate", lambda_grid_size=500, time_budget_s=0.3,
+                            lr_schedule="cosine", **{**FAST, "steps": 10**7})
+    res = optimise_pac_bayes(model, train, cfg, 0.05, init_state=init, seed=0)
+    assert res.stopped_by == "time budget" and 0 < res.steps_done < 10**7
+    assert res.gibbs["union_cost"] == pytest.approx(math.log(500)) and 1 <= res.gibbs["j"] <= 500
+
+
 # ------------------------------------------------------------------------------------------------
 # validity on Gaussian data with a fixed linear model (known risk)
 # ------------------------------------------------------------------------------------------------
@@ -434,3 +453,4 @@ def test_evaluate_wires_the_engine(tmp_path, monkeypatch):
     assert by_name["pacbayes_opt"]["inputs"]["n"] == record.data["splits"]["train"]["n"]
     det = by_name["pacbayes_opt_deterministic"]
     assert det["status"] == "certificate" and det["inputs"]["unlabeled_inputs"] == record.data["splits"]["test"]["n"]
+    json.dumps(record.bounds)  # the records are JSON-serialisable as they are

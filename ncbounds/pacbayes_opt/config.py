@@ -20,8 +20,8 @@ __all__ = ["MC_MODES", "OBJECTIVES", "PRIOR_KINDS", "PacBayesOptConfig"]
 #: known, else ``learn``).
 PRIOR_KINDS = ("auto", "init", "learn", "given")
 
-#: Training objectives (Pérez-Ortiz et al. 2021: fquad, fclassic, flamb; Dziugaite & Roy 2017).
-OBJECTIVES = ("fquad", "fclassic", "flamb", "dziugaite-roy")
+#: Training objectives (Pérez-Ortiz et al. 2021: fquad, fclassic, flamb; their minimum fmin; Dziugaite & Roy 2017).
+OBJECTIVES = ("fquad", "fclassic", "flamb", "fmin", "dziugaite-roy")
 
 #: Monte-Carlo modes of the final evaluation: ``per-example`` (a fresh weight draw for every
 #: evaluated example), ``full-pass`` (M weight draws, each evaluated on every example), ``auto``
@@ -47,7 +47,8 @@ class PacBayesOptConfig:
       steps: Adam steps (the primary budget); time_budget_s: optional wall-clock cap (seconds;
         stops early, which makes the result depend on machine load — recorded).
       batch_size: training minibatch size.
-      lr_mean, lr_sigma: Adam learning rates of the posterior mean and of log s.
+      lr_mean, lr_sigma: Adam learning rates of the posterior mean and of log s; lr_schedule:
+        ``constant`` or ``cosine`` (both rates decay as ½(1 + cos(π·step/steps))).
       sigma_init: initial posterior standard deviation, either a number (absolute, every
         parameter) or ``"relative:F"`` (s_i = F·|w_i| + 1e-8, Dziugaite & Roy's |w|-scaled start).
       p_min: the bounded cross-entropy surrogate min(−ln p_y, ln(1/p_min))/ln(1/p_min).
@@ -86,6 +87,7 @@ class PacBayesOptConfig:
     batch_size: int = 250
     lr_mean: float = 3e-3
     lr_sigma: float = 3e-2
+    lr_schedule: str = "constant"
     sigma_init: float | str = "relative:0.1"
     p_min: float = 0.1
     posterior_init: str = "auto"
@@ -145,6 +147,7 @@ class PacBayesOptConfig:
         need(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be a positive integer; got {self.batch_size!r}.")
         need(is_num(self.lr_mean) and self.lr_mean >= 0, f"lr_mean must be non-negative; got {self.lr_mean!r}.")
         need(is_num(self.lr_sigma) and self.lr_sigma >= 0, f"lr_sigma must be non-negative; got {self.lr_sigma!r}.")
+        need(self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be constant or cosine; got {self.lr_schedule!r}.")
         self.sigma_rule()  # validates sigma_init
         need(is_num(self.p_min) and 0.0 < self.p_min < 1.0, f"p_min must lie strictly between 0 and 1; got {self.p_min!r}.")
         need(self.posterior_init in ("auto", "checkpoint", "prior"),

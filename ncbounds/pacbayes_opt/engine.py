@@ -339,6 +339,9 @@ def _run(model, train, config, delta, init_state, prior_state, unlabeled, device
     batch_gen = torch.Generator(device="cpu").manual_seed(_sub_seed(config.seed, _STREAM_BATCHES))
     opt = torch.optim.Adam([{"params": post.mean_tensors, "lr": config.lr_mean},
                             {"params": post.log_sigma_tensors, "lr": config.lr_sigma}])
+    schedule = None
+    if config.lr_schedule == "cosine" and config.steps > 0:
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, config.steps) / config.steps)))
     history: dict[str, list] = {k: [] for k in ("step", "objective", "kl", "surrogate", "error", "prior_var", "seconds")}
     window = {"objective": 0.0, "kl": 0.0, "surrogate": 0.0, "error": 0.0, "count": 0}
     t1 = time.perf_counter()
@@ -376,6 +379,8 @@ def _run(model, train, config, delta, init_state, prior_state, unlabeled, device
         opt.zero_grad(set_to_none=True)
         obj.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         step += 1
         with torch.no_grad():
             window["objective"] += float(obj)

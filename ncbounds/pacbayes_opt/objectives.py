@@ -12,7 +12,13 @@ B = KL + ln(2√n/δ) + (union cost of the prior variance), the objectives are
     fquad     = (√(ê + B/(2n)) + √(B/(2n)))²                       (PAC-Bayes-quadratic, Pérez-Ortiz et al. 2021)
     fclassic  = ê + √(B/(2n))                                      (McAllester-type, Pérez-Ortiz et al. 2021)
     flamb     = ê/(1 − t/2) + B/(n·t·(1 − t/2)),  t ∈ (0, 2)       (PAC-Bayes-λ, Thiemann et al. 2017)
+    fmin      = min(fquad, fclassic)
     dziugaite-roy = ê + √((KL + 2 ln j + ln(π²n/(6δ))) / (2(n − 1)))  (Dziugaite & Roy 2017)
+
+fquad and fclassic are both upper bounds on the PAC-Bayes-kl bound kl⁻¹(ê, B/n) (from kl(q‖p) ≥
+(p − q)²/(2p) and from Pinsker's kl(q‖p) ≥ 2(p − q)², q ≤ p), so their minimum is one too and follows
+whichever relaxation is tighter: fquad when ê and B/n are small (data-dependent priors), fclassic when
+B/n is large (priors at initialization, where fquad's minimiser can be the constant classifier).
 
 For flamb, t is set at every step to its closed-form optimum t* = 2/(√(1 + 2nê/B) + 1) (Thiemann et
 al. 2017), treated as a constant in the gradient (the alternating minimisation of the paper, solved
@@ -46,6 +52,9 @@ def objective_value(name: str, emp: torch.Tensor, kl: torch.Tensor, n: int, delt
         return (torch.sqrt(emp + r) + torch.sqrt(r)) ** 2
     if name == "fclassic":
         return emp + torch.sqrt(B / (2.0 * n))
+    if name == "fmin":
+        r = B / (2.0 * n)
+        return torch.minimum((torch.sqrt(emp + r) + torch.sqrt(r)) ** 2, emp + torch.sqrt(r))
     if name == "flamb":
         with torch.no_grad():
             ratio = 2.0 * n * emp.clamp_min(0.0) / B.clamp_min(1e-12)
