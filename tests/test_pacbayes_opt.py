@@ -111,7 +111,12 @@ def _reference_logits(net, sig, x, S, seed):
     return torch.einsum("soi,si->so", wl, h) + bl
 
 
-def test_per_example_draws_match_an_explicit_weight_sampling_reference():
+@pytest.mark.parametrize("budget", [None, 96 * 5000])
+def test_per_example_draws_match_an_explicit_weight_sampling_reference(monkeypatch, budget):
+    import ncbounds.pacbayes_opt.posterior as posterior_module
+
+    if budget is not None:  # explicit draws split into chunks of 5,000 examples
+        monkeypatch.setattr(posterior_module, "EXPLICIT_DRAW_ELEMENTS", budget)
     net = _conv_bn_net()
     sig = 0.3
     post = GaussianPosterior(net, {n: torch.full_like(p, sig) for n, p in net.named_parameters()})
@@ -135,6 +140,19 @@ def test_per_example_draws_match_an_explicit_weight_sampling_reference():
     with torch.no_grad():
         two = post(torch.cat([x, x]), "shared", weights=w)
     assert torch.equal(two[0], two[1])
+
+
+def test_training_draws_are_chunked_under_a_memory_budget(monkeypatch):
+    import ncbounds.pacbayes_opt.posterior as posterior_module
+
+    net = _conv_bn_net()
+    post = GaussianPosterior(net, {n: torch.full_like(p, 0.1) for n, p in net.named_parameters()})
+    post.examples_per_draw = 4
+    monkeypatch.setattr(posterior_module, "EXPLICIT_DRAW_ELEMENTS", 96 * 3)  # 12 rows (3 draws of 4) per chunk
+    assert post._chunk_rows("train", 50) == 12 and post._chunk_rows("per-example", 50) == 3
+    out = post(torch.randn(50, 1, 8), "train", torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert out.shape == (50, 4) and all(t.grad is not None for t in post.mean_tensors + post.log_sigma_tensors)
 
 
 def test_local_reparameterisation_of_a_convolution_is_not_exact():

@@ -57,8 +57,6 @@ DEVICE_CACHE_BYTES = 1 << 30
 
 _STREAM_TRAIN, _STREAM_BATCHES, _STREAM_GIBBS, _STREAM_DISAGREE = 1, 2, 3, 4
 
-_REFERENCE = ("Dziugaite & Roy (2017), UAI; Pérez-Ortiz, Rivasplata, Shawe-Taylor & Szepesvári (2021), JMLR 22(227); "
-              "Maurer (2004), Thm 5; Langford & Caruana (2002)")
 
 
 def _sub_seed(seed: int, stream: int) -> int:
@@ -537,5 +535,3 @@ class PacBayesOptEngine:
         """Forget cached results (and their posteriors)."""
         self._cache.clear()
 
-
-REFERENCE = _REFERENCE

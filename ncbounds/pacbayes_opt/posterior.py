@@ -52,6 +52,10 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _VAR_FLOOR = 1e-20  # keeps sqrt differentiable where an input is exactly zero
 
+#: Largest number of explicitly drawn weights held at once (examples × weights of the largest layer);
+#: batches are split into chunks below it (128 MiB of float32).
+EXPLICIT_DRAW_ELEMENTS = 1 << 25
+
 
 def working_copy(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
     """A deep copy of ``model`` in eval mode without the caller's hooks, on ``device``.
@@ -115,6 +119,8 @@ class GaussianPosterior:
             self.log_sigma[name] = torch.log(s).clone().requires_grad_(True)
         self._layers, self.other = self._find_layers()
         self.per_example_exact = not self.other
+        self._largest_layer = max([self.mean[layer.weight].numel() for layer in self._layers
+                                   if layer.kind in ("conv", "linear") and layer.weight is not None] or [1])
         #: training noise of convolutions: "exact" (explicit weight draws, shared by
         #: ``examples_per_draw`` consecutive examples) or "local" (local reparameterisation)
         self.conv_training = "exact"
@@ -218,11 +224,28 @@ class GaussianPosterior:
             if mode == "train":
                 for n in self.other:
                     params[n] = self.mean[n] + self.sigma(n) * self._randn(self.shapes[n], generator, self.mean[n].dtype)
+        rows = self._chunk_rows(mode, int(x.shape[0]))
         self._state = {"mode": hook_mode, "gen": generator}
         try:
-            return torch.func.functional_call(self.net, params, (x,))
+            if rows >= x.shape[0]:
+                return torch.func.functional_call(self.net, params, (x,))
+            return torch.cat([torch.func.functional_call(self.net, params, (x[i:i + rows],))
+                              for i in range(0, int(x.shape[0]), rows)])
         finally:
             self._state = {"mode": "off"}
+
+    def _chunk_rows(self, mode: str, batch: int) -> int:
+        """Rows per call so that explicitly drawn weights stay below ``EXPLICIT_DRAW_ELEMENTS``."""
+        if mode == "per-example":
+            per_row = self._largest_layer
+            step = 1
+        elif mode == "train" and self.conv_training == "exact":
+            step = self.examples_per_draw
+            per_row = max(1, self._largest_layer // step)
+        else:
+            return batch
+        rows = max(step, (EXPLICIT_DRAW_ELEMENTS // per_row) // step * step)
+        return batch if rows >= batch else rows
 
     __call__ = forward
 

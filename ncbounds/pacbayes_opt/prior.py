@@ -51,7 +51,8 @@ class PriorChoice:
 def matching_centre(model: nn.Module, state: Mapping[str, torch.Tensor] | None, what: str) -> dict[str, torch.Tensor]:
     """The tensors of ``state`` for every perturbed parameter of ``model`` (UsageError if any is missing)."""
     if state is None:
-        raise UsageError(f"the {what} weights are not known; give them (e.g. init_checkpoint in the sidecar) or use another prior.")
+        hint = "init_checkpoint in the sidecar or --init" if what == "initialization" else "the prior weights"
+        raise UsageError(f"the {what} weights are not known; give them ({hint}) or use another prior.")
     named = perturbed_parameters(model)
     missing = [n for n, _ in named if n not in state]
     bad = [n for n, p in named if n in state and tuple(state[n].shape) != tuple(p.shape)]
