@@ -8,9 +8,10 @@
    (λ* = (‖μ − w₀‖² + Σs²)/P minimises the KL; Dziugaite & Roy 2017 learn it by gradient descent,
    which converges to the same point), for a fixed number of steps (and an optional wall-clock cap);
 3. evaluate the final Q only: fresh Monte-Carlo draws (a generator stream never used in training)
-   on the n certificate samples, the KL in float64, λ snapped to the grid λ_j = c·exp(−j/b) with its
-   union cost, and the certificate of :mod:`ncbounds.bounds.pacbayes_certificate`. Nothing measured
-   during the optimisation enters the certificate, so the optimisation cannot invalidate it;
+   on the n certificate samples, the KL in float64, the prior variance snapped to the grid
+   λ_j = c·exp(−j/b) (the best j; every j is paid by the union bound), and the certificate of
+   :mod:`ncbounds.bounds.pacbayes_certificate`. Nothing measured during the optimisation enters the
+   certificate, so the optimisation cannot invalidate it;
 4. for the deployed network f (the checkpoint), add an upper confidence bound on the disagreement
    P(f(x) ≠ g(x)), g ~ Q, measured on unlabeled inputs independent of training (the test inputs;
    their labels are never given to this module), with its own share of δ.

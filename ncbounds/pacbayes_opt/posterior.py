@@ -9,14 +9,19 @@ statistics, which are held fixed; dropout is off) and runs it with parameters dr
 Sampling modes of :meth:`GaussianPosterior.forward`:
 
 - ``"mean"``: the network with weights μ (no noise).
-- ``"train"``: the training estimator. Linear and Conv1d/2d/3d layers use the local
-  reparameterisation trick (Kingma, Salimans & Welling 2015): their output is drawn as
-  N(layer_μ(x), layer_{s²}(x²) + s_b²), independently per example and output unit; the affine
-  parameters of BatchNorm/LayerNorm/GroupNorm get per-example noise (exact, see below); every other
-  parameter gets one plain weight draw w = μ + s·ε per call, shared by the batch. For Linear on
-  (batch, features) inputs this is exact per example; for convolutions it ignores the correlation
-  between output positions that share a filter, which is harmless for a gradient estimator but is
-  why the certificate never uses this mode.
+- ``"train"``: the training estimator. Linear layers use the local reparameterisation trick
+  (Kingma, Salimans & Welling 2015): their output is drawn as N(layer_μ(x), layer_{s²}(x²) + s_b²),
+  independently per example and output unit — exact per example for (batch, features) inputs. The
+  affine parameters of BatchNorm/LayerNorm/GroupNorm get exact per-example noise (see below). Every
+  other parameter gets one plain weight draw w = μ + s·ε per call, shared by the batch.
+  Convolutions (``conv_training``): ``"exact"`` (default) draws explicit filters, one draw shared by
+  ``examples_per_draw`` consecutive examples (an unbiased estimate for every example, computed as
+  one grouped convolution); ``"local"`` applies the local reparameterisation to the convolution's
+  output, which draws every output position independently and so ignores that all positions share
+  one filter — before a global pooling the noise then averages out and the network looks far more
+  robust to filter noise than it is (measured on MNIST-1D: training error 0.31 against a Gibbs error
+  of 0.39, and a certificate of 0.71 instead of 0.58 after the same steps). The certificate never
+  uses this mode.
 - ``"per-example"``: exact draws, one independent weight vector w_i ~ Q per example of the batch:
   Linear on 2-D inputs by the local reparameterisation (exact in distribution, since the outputs of
   a Linear layer are independent Gaussians given its input); Linear on higher-dimensional inputs and
