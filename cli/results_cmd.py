@@ -83,15 +83,17 @@ def correlate(results, target, fmt, hparams, output, against, measures):
 
 @click.command()
 @click.argument("results")
-@click.option("--kind", type=click.Choice(["bounds", "epochs", "layers", "classes"]), required=True,
+@click.option("--kind", type=click.Choice(["bounds", "epochs", "layers", "classes", "pacbayes"]), required=True,
               help="bounds: bound vs test error; epochs: metrics and bounds vs epoch; layers: log D_l vs layer; "
-                   "classes: per-class quantities vs training count and the classifier cosine matrix (one checkpoint).")
+                   "classes: per-class quantities vs training count and the classifier cosine matrix (one checkpoint); "
+                   "pacbayes: objective, KL and Gibbs error over the optimised PAC-Bayes steps (one checkpoint).")
 @click.option("-o", "--output", required=True, help="Image file: .png or .pdf.")
 @click.option("--x", "x", default="hp.epoch", show_default=True, help="Horizontal axis of --kind epochs (hp.epoch or hp.step).")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None,
               help="Split of --kind layers (default train) and --kind classes (default test).")
 @click.option("--predictors", is_flag=True, help="Also draw predictors in --kind bounds (they have no error scale).")
-@click.option("--checkpoint", help="--kind classes: the checkpoint whose path contains this text (default: the last in path order).")
+@click.option("--checkpoint", help="--kind classes or pacbayes: the checkpoint whose path contains this text "
+                                   "(default: the last in path order).")
 @handle_errors
 def plot(results, kind, output, x, split, predictors, checkpoint):
     """Plot a RESULTS folder: bounds vs test error, metrics vs epoch, log D_l vs layer, or one checkpoint's classes."""
@@ -106,6 +108,13 @@ def plot(results, kind, output, x, split, predictors, checkpoint):
         path = plots.plot_epochs(records_to_frame(records), output, x=x)
     elif kind == "layers":
         path = plots.plot_layers(records, output, split=split or "train")
+    elif kind == "pacbayes":
+        from ncbounds.report.pacbayes_plot import choose_history, plot_pacbayes
+        from ncbounds.report.results import checkpoint_label
+
+        chosen, _ = choose_history(records, checkpoint)
+        path = plot_pacbayes([chosen], output)
+        click.echo(f"note: optimisation of {(chosen.get('batch') or {}).get('relative_path') or checkpoint_label(chosen)}", err=True)
     else:
         from ncbounds.report.class_plots import choose_record, plot_classes
         from ncbounds.report.results import checkpoint_label

@@ -23,9 +23,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ncbounds.bounds.context import DEFAULT_DELTA, DEFAULT_MC_SAMPLES
+from ncbounds.bounds.pacbayes_opt_config import PAC_BAYES_OPT_GROUP
 from ncbounds.errors import UsageError
 
 __all__ = ["EvalOptions", "option_fields"]
@@ -88,6 +90,19 @@ class EvalOptions:
     target_data: str | None = _opt(flag="--target-data", since="0.2",
                                    help="Transfer target: a data spec of new classes or another dataset of the same input shape "
                                         "(e.g. digits:classes=5-9); adds one pass per target split and the record's transfer object.")
+    prior: str | None = _opt(flag="--prior", since="0.2",
+                             help="Prior of the optimised PAC-Bayes certificates (group pac-bayes-opt): init (data-free, centred at "
+                                  "the init checkpoint; the default when one is known), learn[:fraction=0.5,epochs=100,lr=0.02,seed=S] "
+                                  "(a prior network trained on a seeded part of the training split; the certificate uses the rest) "
+                                  "or a checkpoint file CKPT with --prior-samples.")
+    prior_samples: str | None = _opt(flag="--prior-samples", since="0.2",
+                                     help="For --prior CKPT: a file of the training-split indices that prior was trained on (.npy, "
+                                          ".json list, or integers in text); the certificate uses the other samples.")
+    pb_steps: int | None = _opt(flag="--pb-steps", since="0.2",
+                                help="Adam steps of the optimised PAC-Bayes posterior (default 8000).")
+    pb_time: float | None = _opt(flag="--pb-time", since="0.2",
+                                 help="Wall-clock cap in seconds on that optimisation (stops early; the certificate stays valid, "
+                                      "but the number then depends on the machine's speed and load).")
     progress: bool = _opt(False, flag=None, identity=False, record=False, help="Draw progress bars on stderr.")
     debug: bool = _opt(False, flag=None, identity=False, record=False, help="Let exceptions through (tracebacks).")
 
@@ -136,8 +151,66 @@ class EvalOptions:
         from ncbounds.bounds.targets import target_selection
 
         selected = target_selection(self.bounds, select_bounds(self.bounds), self.target_data is not None)
-        resolve_bound_options(self.bound_options, selected)
+        shorthand = self.pac_bayes_opt_settings()
+        if shorthand and not any(n in selected for n in _pac_bayes_opt_bounds()):
+            raise UsageError("--prior, --prior-samples, --pb-steps and --pb-time set the optimised PAC-Bayes certificates, "
+                             f"which --bounds {self.bounds} does not select; add --bounds certificates or pac-bayes-opt.")
+        resolve_bound_options(self.bound_settings(), selected)
         return selected
+
+    def pac_bayes_opt_settings(self) -> dict[str, Any]:
+        """The ``pac-bayes-opt`` settings given by the shorthands --prior, --prior-samples, --pb-steps, --pb-time.
+
+        ``init`` / ``auto`` → ``prior``; ``learn[:k=v,…]`` → ``prior=learn`` and ``prior_<k>`` for k in
+        fraction, epochs, lr, momentum, batch_size, seed; a checkpoint file → ``prior=given`` with
+        ``prior_indices`` read from ``prior_samples`` (the engine loads the prior's weights)."""
+        from ncbounds.io.indices import read_indices
+        from ncbounds.io.kv import parse_kv
+
+        out: dict[str, Any] = {}
+        prior = self.prior
+        if prior is not None:
+            kind, _, rest = str(prior).partition(":")
+            if kind in ("init", "auto") and not rest:
+                out["prior"] = kind
+            elif kind == "learn":
+                out["prior"] = "learn"
+                for key, value in parse_kv(rest).items():
+                    if key not in _LEARN_KEYS:
+                        raise UsageError(f"--prior learn:{key}=… is not a setting; learn takes {', '.join(_LEARN_KEYS)}.")
+                    out[f"prior_{key}"] = value
+            elif Path(prior).is_file():
+                if self.prior_samples is None:
+                    raise UsageError(f"--prior {prior} needs --prior-samples FILE, the training indices that prior was trained on "
+                                     "(an empty file if it saw no training sample).")
+                out.update(prior="given", prior_indices=read_indices(self.prior_samples))
+            else:
+                raise UsageError(f"--prior must be init, learn[:fraction=F,…] or an existing checkpoint file; "
+                                 f"{prior!r} is none of them.")
+        if self.prior_samples is not None and out.get("prior") != "given":
+            raise UsageError("--prior-samples goes with --prior CKPT (a prior you trained); "
+                             "init and learn priors choose their own samples.")
+        if self.pb_steps is not None:
+            out["steps"] = self.pb_steps
+        if self.pb_time is not None:
+            out["time_budget_s"] = self.pb_time
+        return out
+
+    def bound_settings(self) -> dict[str, dict[str, Any]]:
+        """``bound_options`` with the :meth:`pac_bayes_opt_settings` shorthands merged into the
+        ``pac-bayes-opt`` group entry (a shorthand and a ``--bound-option pac-bayes-opt.KEY`` that
+        disagree are a UsageError)."""
+        shorthand = self.pac_bayes_opt_settings()
+        settings = {k: dict(v) for k, v in (self.bound_options or {}).items()}
+        if not shorthand:
+            return settings
+        group = settings.setdefault(PAC_BAYES_OPT_GROUP, {})
+        for key, value in shorthand.items():
+            if key in group and group[key] != value:
+                raise UsageError(f"--bound-option {PAC_BAYES_OPT_GROUP}.{key}={group[key]!r} disagrees with the value {value!r} "
+                                 "that --prior/--pb-steps/--pb-time give; give it once.")
+            group[key] = value
+        return settings
 
     def identity(self, bound_names: list[str]) -> dict[str, Any]:
         """The options that decide the numbers, as a JSON-ready dict (hashed into the record identity).
@@ -165,6 +238,15 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(EvalOptions)}
+
+#: Keys of ``--prior learn:KEY=VALUE`` (each sets the config field ``prior_KEY``).
+_LEARN_KEYS = ("fraction", "epochs", "lr", "momentum", "batch_size", "seed")
+
+
+def _pac_bayes_opt_bounds() -> list[str]:
+    from ncbounds.bounds.runner import load_catalogue
+
+    return [n for n, s in load_catalogue().items() if s.group == PAC_BAYES_OPT_GROUP]
 
 
 def option_fields() -> list[dataclasses.Field]:

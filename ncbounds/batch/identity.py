@@ -110,7 +110,8 @@ def input_files(checkpoint: str | Path, options: EvalOptions) -> dict[str, list[
     ``data``: the files of a file-based data spec (``npz:``, ``features:``, ``cifar10:``/``cifar100:``
     batches); ``target``: those of ``target_data`` (only when it is given); ``arch``: the Python file of a
     file architecture (or the module file of an import path
-    found in the sidecar's folder); ``init``: the initialization checkpoint. Values typed as options win
+    found in the sidecar's folder); ``init``: the initialization checkpoint; ``prior``: a user-given
+    PAC-Bayes prior checkpoint and its index file (only when given). Values typed as options win
     over the sidecar's, as in the evaluation. An unreadable sidecar gives what the options name.
     """
     from ncbounds.io.datasets import data_files
@@ -128,6 +129,8 @@ def input_files(checkpoint: str | Path, options: EvalOptions) -> dict[str, list[
     files = {"data": data, "arch": arch, "init": [os.path.abspath(init)] if init else []}
     if options.target_data:  # the transfer target's files (a role only when given, so other identities stay)
         files["target"] = data_files(options.target_data, None)
+    if options.prior_samples and options.prior:  # --prior CKPT --prior-samples FILE: the prior's weights and its training indices
+        files["prior"] = [os.path.abspath(options.prior), os.path.abspath(options.prior_samples)]
     return files
 
 def inputs_hash(checkpoint: str | Path, options: EvalOptions, hashes: FileHashes | None = None) -> str | None:

@@ -42,7 +42,17 @@ from ncbounds.errors import NCBoundsError
 
 STATUSES = ("certificate", "plug-in", "up-to-constants", "predictor", "not-applicable")
 
+#: What a certificate certifies (``register(certifies=...)``), for the report's headline: ``network``
+#: (the 0-1 error of the deployed network itself) or ``stochastic`` (the Gibbs risk of a stochastic
+#: network built from it). Certificates of other predictors (NCC, few-shot episodes) leave it None.
+CERTIFIES = ("network", "stochastic")
+#: Which labelled data a certificate's value depends on (``register(evidence=...)``): ``training``
+#: (the training split, plus unlabeled inputs) or ``test`` (the labelled test split).
+EVIDENCE = ("training", "test")
+
 __all__ = [
+    "CERTIFIES",
+    "EVIDENCE",
     "REGISTRY",
     "REPLAY",
     "STATUSES",
@@ -167,6 +177,8 @@ class BoundSpec:
     group: str  # "certificates", "norm-margin", "pac-bayes", "collapse", "predictors", "jiang", "jiang-flatness"
     needs: tuple[ReplayRequest, ...] = ()
     options: type | None = None  # a dataclass of this bound's own settings (``--bound-option NAME.KEY=VALUE``)
+    certifies: str | None = None  # one of CERTIFIES (certificates of the network or a stochastic network)
+    evidence: str = "training"  # one of EVIDENCE
 
     def result(self, evaluation: Evaluation, default_delta: float | None) -> BoundResult:
         """The :class:`BoundResult` of an implementation's :class:`Evaluation`."""
@@ -193,14 +205,20 @@ REGISTRY: dict[str, BoundSpec] = {}
 
 
 def register(name: str | None = None, *, bounds: str, status: str, reference: str, group: str,
-             needs: tuple[ReplayRequest, ...] = (), options: type | None = None):
+             needs: tuple[ReplayRequest, ...] = (), options: type | None = None, certifies: str | None = None,
+             evidence: str = "training"):
     """Decorator that adds a bound implementation to the catalogue (name: the function's, unless given).
 
     The returned function takes a context and returns a complete :class:`BoundResult`: the
     implementation's :class:`Evaluation` (or list of them) gets the registered name, status,
     reference and what it bounds; a :class:`NotApplicable` it raises becomes a ``not-applicable``
-    result with the reason.
+    result with the reason. ``certifies`` / ``evidence`` place a certificate in the report's headline
+    (:mod:`ncbounds.bounds.headline`).
     """
+    if certifies is not None and (status != "certificate" or certifies not in CERTIFIES):
+        raise ValueError(f"certifies must be one of {CERTIFIES} and only for certificates, not {certifies!r} ({status})")
+    if evidence not in EVIDENCE:
+        raise ValueError(f"evidence must be one of {EVIDENCE}, not {evidence!r}")
     if status not in STATUSES or status == "not-applicable":
         raise ValueError(f"a bound registers as one of {STATUSES[:-1]}, not {status!r}")
     if options is not None and not dataclasses.is_dataclass(options):
@@ -223,7 +241,8 @@ def register(name: str | None = None, *, bounds: str, status: str, reference: st
                 return [spec.result(o, delta) if isinstance(o, Evaluation) else o for o in out]
             return spec.result(out, delta) if isinstance(out, Evaluation) else out
 
-        REGISTRY[bound_name] = BoundSpec(bound_name, evaluate, bounds, status, reference, group, tuple(needs), options)
+        REGISTRY[bound_name] = BoundSpec(bound_name, evaluate, bounds, status, reference, group, tuple(needs), options,
+                                         certifies, evidence)
         return evaluate
 
     return wrap

@@ -22,7 +22,7 @@ def _test_counts(ctx: BoundContext) -> tuple[int, int]:
     return ctx.test.errors, ctx.test.n
 
 
-@register(bounds=_BOUNDS, status="certificate", group="certificates",
+@register(bounds=_BOUNDS, status="certificate", group="certificates", certifies="network", evidence="test",
           reference="Clopper & Pearson (1934), Biometrika 26(4); one-sided exact binomial upper bound")
 def test_cp(ctx: BoundContext) -> Evaluation:
     """One-sided Clopper–Pearson upper bound: the largest p with P(Binomial(n, p) ≤ k) ≥ δ.
@@ -35,7 +35,7 @@ def test_cp(ctx: BoundContext) -> Evaluation:
                       details={"test_error": k / n})
 
 
-@register(bounds=_BOUNDS, status="certificate", group="certificates",
+@register(bounds=_BOUNDS, status="certificate", group="certificates", certifies="network", evidence="test",
           reference="Langford (2005), 'Tutorial on practical prediction theory for classification', JMLR 6, Thm 3.3 (kl form)")
 def test_kl(ctx: BoundContext) -> Evaluation:
     """Binomial-kl test-set bound: p ≤ kl⁻¹(k/n, ln(1/δ)/n).

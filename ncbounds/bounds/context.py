@@ -102,6 +102,8 @@ class BoundContext:
     input_norms: dict[str, float] = field(default_factory=dict)  # train: sum_sq, max
     layerwise: dict = field(default_factory=dict)
     gibbs: Callable[..., Any] | None = None
+    # optimised PAC-Bayes engine: (config, delta=, seed=) -> result, memoised (see ncbounds.pacbayes_opt)
+    pacbayes_opt: Callable[..., Any] | None = None
     layer_fuzziness: list[float | None] = field(default_factory=list)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     #: Only in the context of a transfer evaluation (``train``/``test`` are then the target splits):

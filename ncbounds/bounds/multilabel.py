@@ -33,6 +33,7 @@ SINGLE_LABEL_REASON = ("assumes one label per sample and the data are multi-labe
 
 
 @register(bounds="population Hamming error of the network's multi-label decisions", status="certificate", group=MULTILABEL_GROUP,
+          evidence="test",
           reference="Hoeffding (1963), JASA 58, Thm 1 (kl form of the Chernoff bound for [0, 1] variables); "
                     "Langford (2005), JMLR 6, Thm 3.3")
 def test_kl_hamming(ctx: BoundContext) -> Evaluation:

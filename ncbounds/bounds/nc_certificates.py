@@ -257,7 +257,8 @@ _HEAD_BOUNDS = "population 0-1 error of the deployed linear head"
 _NCC_BOUNDS = "population 0-1 error of the nearest-class-center classifier with the training means"
 
 
-@register(bounds=_HEAD_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse", needs=(DECISION_AXES,))
+@register(bounds=_HEAD_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse", needs=(DECISION_AXES,),
+          certifies="network", evidence="test")
 def nc_split_certificate(ctx: BoundContext) -> Evaluation:
     """Sample-split certificate on the population 0-1 error of the deployed linear head.
 
@@ -297,7 +298,8 @@ def nc_split_certificate(ctx: BoundContext) -> Evaluation:
     return _split_certificate_result(ctx, "head")
 
 
-@register(bounds=_NCC_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse", needs=(DECISION_AXES,))
+@register(bounds=_NCC_BOUNDS, status="certificate", reference=_SPLIT_REFERENCE, group="collapse", needs=(DECISION_AXES,),
+          evidence="test")
 def nc_split_certificate_ncc(ctx: BoundContext) -> Evaluation:
     """Sample-split certificate on the population 0-1 error of NCC with the training class means.
 

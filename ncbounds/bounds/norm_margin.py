@@ -219,7 +219,7 @@ def bartlett2017(ctx: BoundContext) -> Evaluation:
 # Golowich, Rakhlin & Shamir 2018
 
 
-@register(bounds=BOUNDS, status="certificate", reference=REF_GOLOWICH, group=GROUP)
+@register(bounds=BOUNDS, status="certificate", reference=REF_GOLOWICH, group=GROUP, certifies="network")
 def golowich2018(ctx: BoundContext) -> Evaluation:
     """Frobenius-norm (size-independent) bound, converted to a 0-1 error bound with a ramp loss.
 

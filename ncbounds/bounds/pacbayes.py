@@ -171,7 +171,8 @@ def _data_dependent_buffers(model: torch.nn.Module) -> list[str]:
     return [n for n, _ in model.named_buffers() if n.endswith(("running_mean", "running_var"))]
 
 
-@register(bounds=_BOUNDS, status="certificate", group="pac-bayes", reference=_REFERENCE, options=PacBayesGaussOptions)
+@register(bounds=_BOUNDS, status="certificate", group="pac-bayes", reference=_REFERENCE, options=PacBayesGaussOptions,
+          certifies="stochastic")
 def pacbayes_gauss(ctx: BoundContext, opts: PacBayesGaussOptions) -> Evaluation:
     """Two-step PAC-Bayes-kl certificate on the Gibbs risk of N(w, σ²I), σ from a fixed grid.
 

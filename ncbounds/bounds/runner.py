@@ -19,6 +19,7 @@ BOUND_MODULES = (
     "ncbounds.bounds.certificates",
     "ncbounds.bounds.norm_margin",
     "ncbounds.bounds.pacbayes",
+    "ncbounds.bounds.pacbayes_opt",
     "ncbounds.bounds.jiang_norms",
     "ncbounds.bounds.jiang_flatness",
     "ncbounds.bounds.collapse_bounds",
@@ -28,8 +29,9 @@ BOUND_MODULES = (
     "ncbounds.bounds.transfer_bounds",
 )
 
-#: Groups whose bounds evaluate perturbed networks many times (Monte Carlo); not in the default set.
-EXPENSIVE_GROUPS = ("pac-bayes", "jiang-flatness")
+#: Groups whose bounds evaluate perturbed networks many times (Monte Carlo) or optimise a posterior;
+#: not in the default set (``certificates`` and ``all`` include them).
+EXPENSIVE_GROUPS = ("pac-bayes", "pac-bayes-opt", "jiang-flatness")
 #: Groups of bounds for one kind of data only: selected by name or group; on multi-label data the
 #: pipeline adds them itself (``bounds.multilabel.run_task_bounds``); default/all/certificates leave them out.
 TASK_GROUPS = ("multilabel",)
@@ -82,7 +84,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """``value`` (as parsed from ``KEY=VALUE``) in the type a field declares (float, int, bool, str,
-    tuple of floats or ints, optionally None); a UsageError naming ``where`` otherwise."""
+    tuple of floats or ints, optionally None; for a union such as ``float | str`` the first member that
+    accepts the value, in declaration order); a UsageError naming ``where`` otherwise."""
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if value is None:
@@ -90,7 +93,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return None
         raise UsageError(f"{where} cannot be none.")
     if origin in (typing.Union, types.UnionType) and args:
-        return _coerce(value, args[0], where)
+        first_error = None
+        for member in args:
+            try:
+                return _coerce(value, member, where)
+            except UsageError as exc:
+                first_error = first_error or exc
+        raise first_error
     if origin in (tuple, list) or annotation in (tuple, list):
         items = value if isinstance(value, (tuple, list)) else (value,)
         inner = args[0] if args else float
@@ -166,6 +175,16 @@ def resolve_bound_options(raw: dict[str, dict[str, Any]] | None, selected: list[
             options.validate()
         out[name] = options
     return out
+
+
+def options_for(raw: dict[str, dict[str, Any]] | None, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The entries of ``raw`` that concern ``names`` (the bound itself or its group), for a context that
+    runs only some of the selected bounds (the transfer bounds of a target evaluation)."""
+    if not raw:
+        return {}
+    catalogue = load_catalogue()
+    wanted = set(names) | {catalogue[n].group for n in names}
+    return {target: values for target, values in raw.items() if target in wanted}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def _headline(entries: list[dict], ctx: BoundContext) -> dict:
     return entries[0]
 
 
-@register(bounds=_EPISODIC, status="certificate", group=TRANSFER_GROUP, reference=_REF_EPISODIC)
+@register(bounds=_EPISODIC, status="certificate", group=TRANSFER_GROUP, reference=_REF_EPISODIC, evidence="test")
 def fewshot_certificate(ctx: BoundContext) -> Evaluation:
     """Episodic certificate kl⁻¹(ē, ln(1/δ)/E) of every few-shot setting (Tian et al. 2020 protocol).
 
@@ -243,7 +243,7 @@ def fewshot_certificate(ctx: BoundContext) -> Evaluation:
                       details={"per_setting": per, "measured": head["error"]})
 
 
-@register(bounds=_POPULATION, status="certificate", group=TRANSFER_GROUP, reference=_REF_POPULATION)
+@register(bounds=_POPULATION, status="certificate", group=TRANSFER_GROUP, reference=_REF_POPULATION, evidence="test")
 def fewshot_population_certificate(ctx: BoundContext) -> Evaluation:
     """Certificate on the population m-shot NCC error of the target classes, from the test episodes.
 

@@ -1,5 +1,6 @@
-"""Step 4: the context the bounds get — statistics, weights, sample sizes, typed options, and the Gibbs
-oracle (the only door to perturbed-network evaluation) — built from the passes."""
+"""Step 4: the context the bounds get — statistics, weights, sample sizes, typed options, the Gibbs
+oracle and the optimised PAC-Bayes engine (the only doors to perturbed-network evaluation) — built
+from the passes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 import numpy as np
 import torch
 
+from ncbounds.bounds.base import NotApplicable
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
 from ncbounds.bounds.runner import resolve_bound_options
 from ncbounds.errors import NCBoundsError
@@ -16,8 +18,8 @@ from ncbounds.io.checkpoints import load_checkpoint, load_into_model
 from ncbounds.options import EvalOptions
 
 
-def _load_init_state(path: str, model: torch.nn.Module, opts: EvalOptions) -> dict[str, torch.Tensor]:
-    """The initialization weights as a state_dict keyed like ``model`` (prefixes stripped, CPU)."""
+def _load_state(path: str, model: torch.nn.Module, opts: EvalOptions) -> dict[str, torch.Tensor]:
+    """The weights of the checkpoint ``path`` as a state_dict keyed like ``model`` (prefixes stripped, CPU)."""
     ckpt = load_checkpoint(path, trust=opts.trust_checkpoint)
     if ckpt.module is not None:
         return {k: v.detach().cpu() for k, v in ckpt.module.state_dict().items()}
@@ -54,21 +56,22 @@ def bound_context(prep, splits, head, record, opts, device, num_classes, selecte
     init_path = opts.init or prep.init_checkpoint
     if prep.model is not None and init_path:
         try:
-            init_state = _load_init_state(init_path, prep.model, opts)
+            init_state = _load_state(init_path, prep.model, opts)
         except NCBoundsError as exc:
             record.notes.append(f"the initialization checkpoint could not be used ({exc}); init-based bounds are not applicable.")
-    gibbs = None
+    gibbs = pacbayes_opt = None
     if prep.model is not None:
         from ncbounds.perturb import make_gibbs_oracle
 
         gibbs = make_gibbs_oracle(prep.model, prep.data, device, opts.batch_size)
+        pacbayes_opt = _pac_bayes_opt_engine(prep, opts, init_state, device)
     record.options["init"] = init_path
     return BoundContext(
         num_classes=num_classes,
         train=summary("train"),
         test=summary("test"),
         options=BoundOptions(delta=opts.delta, shots=tuple(opts.shots) if opts.shots else None, mc_samples=opts.mc_samples, seed=opts.seed,
-                             bound=resolve_bound_options(opts.bound_options, selected)),
+                             bound=resolve_bound_options(opts.bound_settings(), selected)),
         head=head,
         model=prep.model,
         init_state=init_state,
@@ -76,5 +79,23 @@ def bound_context(prep, splits, head, record, opts, device, num_classes, selecte
         input_norms=_input_norms(prep.data.train) if prep.model is not None else {},
         layerwise=record.layerwise,
         gibbs=gibbs,
+        pacbayes_opt=pacbayes_opt,
         layer_fuzziness=[layer["metrics"]["train"]["separation_fuzziness"] for layer in record.layers.values()],
     )
+
+
+def _pac_bayes_opt_engine(prep, opts: EvalOptions, init_state, device):
+    """The optimised PAC-Bayes engine on the training split; the unlabeled pools are the other splits'
+    inputs (their labels are never handed over). Runs lazily: only a selected pac-bayes-opt bound calls it."""
+    if prep.data.task != "multiclass":
+        def refuse(*_args, **_kwargs):
+            raise NotApplicable("the optimised PAC-Bayes certificates bound a single-label 0-1 error; this data is multi-label.")
+        return refuse
+    from ncbounds.pacbayes_opt import PacBayesOptEngine
+
+    prior_state = None
+    if opts.prior_samples is not None:  # --prior CKPT (validated: a file, with its training indices)
+        prior_state = _load_state(opts.prior, prep.model, opts)
+    unlabeled = {name: split.x for name, split in prep.data.splits().items() if name != "train"}
+    return PacBayesOptEngine(prep.model, prep.data.train, unlabeled=unlabeled, init_state=init_state,
+                             prior_state=prior_state, device=device)

@@ -32,7 +32,7 @@ import torch
 
 from ncbounds.bounds.base import ReplayInfo, replay_requests
 from ncbounds.bounds.context import BoundContext, BoundOptions, SplitSummary
-from ncbounds.bounds.runner import resolve_bound_options, run_bounds
+from ncbounds.bounds.runner import options_for, resolve_bound_options, run_bounds
 from ncbounds.errors import DataError, UsageError
 from ncbounds.features import PENULTIMATE
 from ncbounds.io.datasets import DataSource, iterate_batches
@@ -187,7 +187,7 @@ def _bound_context(splits, layers, target_info, counts, opts, shots, names) -> B
         num_classes=int(sum(1 for c in counts["test"] if c > 0)),
         train=summary("train"), test=summary("test"),
         options=BoundOptions(delta=opts.delta, shots=tuple(shots), mc_samples=opts.mc_samples, seed=opts.seed,
-                             bound=resolve_bound_options(opts.bound_options, names)),
+                             bound=resolve_bound_options(options_for(opts.bound_settings(), names), names)),
         target={"data": target_info["data"], "fewshot": layers[PENULTIMATE]["fewshot"], "counts": counts},
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ncbounds.bounds.headline import tightest_certificates
 from ncbounds.report.classes import render_classes
 from ncbounds.report.record import EvalRecord
 
@@ -58,12 +59,38 @@ def _delta_split(bound: dict) -> str | None:
                 f"{i.get('mc_samples')} draws → kl upper Ê = {fmt(d.get('e_mc_upper'))} (δ_MC = {fmt(d.get('delta_mc_per_sigma'), 3)} "
                 f"per σ); KL/m = {fmt(d.get('kl_over_m'))}; union over {d.get('grid_size')} σ: ln {d.get('grid_size')} = "
                 f"{fmt(d.get('union_log_grid'))} (δ_PB = {fmt(d.get('delta_pb_per_sigma'), 3)} per σ)")
+    if "gibbs_certificate" in d:  # the deployed network via a certified stochastic surrogate
+        return (f"  {bound['name']}: Gibbs certificate {fmt(d['gibbs_certificate'])} at δ = {fmt(d.get('gibbs_delta'), 3)} + "
+                f"disagreement with Q {fmt(d.get('disagreement'))} on {i.get('unlabeled_inputs')} unlabeled {i.get('unlabeled_pool')} "
+                f"inputs → upper {fmt(d.get('disagreement_upper'))} at δ = {fmt(d.get('delta_disagreement'), 3)}")
+    if "mc_upper" in d and "kl_over_n" in d:  # an optimised posterior: Monte-Carlo step, then PAC-Bayes-kl with the λ grid
+        mc = i.get("mc") or {}
+        draws = f"{mc.get('trials')} per-example draws" if mc.get("mode") == "per-example" else f"{mc.get('draws')} whole-sample draws"
+        return (f"  {bound['name']}: ê = {fmt(d['gibbs_error'])} over {draws} → Ê = {fmt(d['mc_upper'])} (δ_MC = "
+                f"{fmt(d.get('delta_mc'), 3)}); KL/n = {fmt(d['kl_over_n'])} (n = {i.get('n')}); prior variance λ_{d.get('j')} = "
+                f"{fmt(d.get('prior_var'))} from the grid, union cost {fmt(d.get('union_cost'))} (δ_PB = {fmt(d.get('delta_pb'), 3)})")
     if "delta_per_estimate" in i:
         return (f"  {bound['name']}: δ = {fmt(i.get('delta_priors'), 3)} (class frequencies) + {i.get('n_estimates')} "
                 f"estimates × {fmt(i.get('delta_per_estimate'), 3)} (Hoeffding means, Maurer–Pontil spreads)")
     if "union_log_cost" in d:
         return f"  {bound['name']}: γ = {fmt(d.get('gamma'))} chosen from a grid; union-bound cost ln(1/w) = {fmt(d['union_log_cost'])}"
     return None
+
+
+def _headline(bounds: list[dict]) -> list[str]:
+    """The tightest certificate of each kind (:mod:`ncbounds.bounds.headline`), above the bound table."""
+    rows = []
+    for h in tightest_certificates(bounds):
+        if h.name is None:
+            hint = "--bounds certificates adds them" if h.key != "network_test" else "test_kl and test_cp (default set) give it"
+            rows.append([h.label, "—", "none computed", "", "", hint])
+            continue
+        note = ""
+        if h.candidates > 1:
+            note = f"smallest of {h.candidates}: as chosen, holds w.p. ≥ {fmt(h.joint_confidence, 3)}"
+        rows.append([h.label, fmt(h.value), h.name, fmt(h.delta, 3), "VACUOUS" if h.vacuous else "", note])
+    return ["what can be certified (each value alone holds w.p. ≥ 1 − δ; VACUOUS: ≥ 1, says nothing):",
+            *_grid(["certifies", "value", "bound", "δ", "", "note"], rows), ""]
 
 
 def render_table(record: EvalRecord, per_class: bool | None = None) -> str:
@@ -92,6 +119,7 @@ def render_table(record: EvalRecord, per_class: bool | None = None) -> str:
         out += _grid(["measured", "0-1 error", "95% Clopper–Pearson", "n"], err_rows)
         out.append("")
     if r.bounds:
+        out += _headline(r.bounds)
         test = r.errors.get("test") or {}
         ci = test.get("ci95") or [None, None]
         out.append(f"bounds, read against the measured test error {fmt(test.get('error'))} "
