@@ -32,6 +32,11 @@ def run_tutorial(kind: str, out_dir: str, seed: int) -> None:
     cols = _COLUMNS[kind]
     click.echo("\n".join(_grid(list(cols), [[str(r[c]) if c == "epoch" else fmt(r[c]) for c in cols] for r in result["rows"]])))
     click.echo("")
+    echo_outcome(result)
+
+
+def echo_outcome(result: dict) -> None:
+    """The files a demo wrote, its notes (stderr), and exit 3 when a checkpoint failed."""
     for key, path in result["files"].items():
         click.echo(f"{key:>13}: {path}")
     for note in result["notes"]:

@@ -109,6 +109,8 @@ def demo(out_dir, epochs, seed, tutorial, transfer):
 
         run_tutorial(tutorial, out_dir, seed)
         return
+    from ncbounds.cli.demo_cmd import echo_outcome
+
     from ncbounds.demo import run_demo
     from ncbounds.report.correlate import render_text
     from ncbounds.report.record import EvalRecord
@@ -120,12 +122,7 @@ def demo(out_dir, epochs, seed, tutorial, transfer):
     click.echo("\ncorrelation with the test error across the sweep (Kendall τ-b; ψ/Ψ: granulated, Jiang et al. 2020):")
     click.echo(render_text(result["correlations"]))
     click.echo("")
-    for key, path in result["files"].items():
-        click.echo(f"{key:>13}: {path}")
-    for note in result["notes"]:
-        click.echo(f"note: {note}", err=True)
-    if result["summary"].failed:
-        _fail(f"{result['summary'].failed} checkpoint(s) failed; see the *.error.json files in {result['files']['results']}.", 3)
+    echo_outcome(result)
 
 
 def _transfer_demo(out_dir, epochs, seed):

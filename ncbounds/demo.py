@@ -24,6 +24,23 @@ from ncbounds.models import build_model
 DEMO_DATA = "digits"
 
 
+def train_epoch(model: nn.Module, opt, loss_fn, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                gen: torch.Generator) -> float:
+    """One epoch of minibatch training in a seeded random order; returns the summed loss (sum of batch
+    mean losses × batch sizes)."""
+    model.train()
+    perm = torch.randperm(len(x), generator=gen)
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        idx = perm[start : start + batch_size]
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    return total
+
+
 def train_demo(
     out_dir: str | Path,
     epochs: int = 12,
@@ -50,16 +67,7 @@ def train_demo(
     gen = torch.Generator().manual_seed(seed)
     paths = []
     for epoch in range(1, epochs + 1):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            idx = perm[start : start + batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
+        total = train_epoch(model, opt, loss_fn, x, y, batch_size, gen)
         path = out / f"epoch_{epoch:02d}.pt"
         save_torch(model.state_dict(), path)
         write_atomic(path.with_suffix(".json"), json.dumps({"epoch": epoch, "lr": lr, "width": width, "seed": seed}))

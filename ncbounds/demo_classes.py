@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ncbounds.demo import train_epoch
 from ncbounds.errors import NCBoundsError
 from ncbounds.io.datasets import load_data
 from ncbounds.io.output import save_torch, write_atomic
@@ -57,16 +58,7 @@ def train_run(out_dir: str | Path, data_spec: str, save_epochs, width: int = 128
     gen = torch.Generator().manual_seed(seed)
     paths = []
     for epoch in range(1, max(save_epochs) + 1):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            idx = perm[start : start + batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
+        total = train_epoch(model, opt, loss_fn, x, y, batch_size, gen)
         if epoch in save_epochs:
             path = out / f"epoch_{epoch:03d}.pt"
             save_torch(model.state_dict(), path)

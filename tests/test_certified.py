@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers_cli import run_cli
 from helpers_models import ARCH, one_torch_thread, trained_mlp
-from ncbounds.cli.main import main
 
 from ncbounds.bounds.base import REGISTRY
 from ncbounds.bounds.headline import tightest_certificates
@@ -28,12 +27,6 @@ def _single_thread():
     with one_torch_thread():
         yield
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}") from result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")

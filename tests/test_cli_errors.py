@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers_cli import run_cli
 from helpers_models import (
     ARCH,
     TESTS_DIR,
@@ -28,7 +28,6 @@ from helpers_models import (
     trained_mlp,
     write_npz,
 )
-from ncbounds.cli.main import main
 
 from ncbounds.models import build_model
 
@@ -40,13 +39,6 @@ def _single_thread():
     with one_torch_thread():
         yield
 
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """Invoke the click group in-process; returns (exit code, stdout, stderr)."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}") from result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 #: What the ``ncbounds`` console script runs (setup.cfg: ``ncbounds = ncbounds.cli.main:main``).

@@ -23,9 +23,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers_cli import run_cli
 from helpers_models import ARCH, digits_split, one_torch_thread, trained_mlp, write_npz
-from ncbounds.cli.main import main
 
 from ncbounds.batch import ERROR_SUFFIX, merge_results, run_batch
 from ncbounds.errors import NCBoundsError, UsageError
@@ -42,12 +41,6 @@ def _single_thread():
     with one_torch_thread():
         yield
 
-
-def run_cli(*args) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}") from result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_error(stderr: str) -> str:
