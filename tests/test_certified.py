@@ -166,6 +166,34 @@ def test_prior_checkpoint_with_its_samples_is_a_given_prior(run_dir, tmp_path):
     assert by_name["pacbayes_opt_deterministic"]["inputs"]["unlabeled_inputs"] == record["data"]["splits"]["test"]["n"]
 
 
+def _kl_inverse_upper(q, budget):
+    """max{p ∈ [q, 1] : kl(q‖p) ≤ budget} by bisection (written here, independently of the library)."""
+    def kl(a, b):
+        out = 0.0 if a == 0 else a * np.log(a / b)
+        return out + (0.0 if a == 1 else (1 - a) * np.log((1 - a) / (1 - b)))
+    lo, hi = q, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kl(q, mid) <= budget else (lo, mid)
+    return lo
+
+
+def test_the_record_holds_what_reproduces_the_certificate(run_dir):
+    record = _json_report(run_dir / "step40.pt", "--bounds", "pacbayes_opt", *FAST)
+    (bound,) = record["bounds"]
+    i, d = bound["inputs"], bound["details"]
+    n, trials = i["n"], i["mc_samples"]
+    assert trials == n * i["config"]["mc_passes"] and i["mc"]["mode"] == "per-example"
+    assert i["gibbs_error"] == pytest.approx(i["mc"]["errors"] / trials, rel=1e-12)
+    upper = _kl_inverse_upper(i["gibbs_error"], np.log(1 / i["delta_split"]["gibbs_mc"]) / trials)
+    assert i["gibbs_error_upper"] == pytest.approx(upper, abs=1e-9)
+    union = 2 * np.log(i["j"]) + np.log(np.pi ** 2 / 6)  # the countable λ grid's weights 6/(π² j²)
+    assert i["prior_var"] == pytest.approx(10 * np.exp(-i["j"] / 100), rel=1e-12)
+    budget = (i["kl"] + np.log(2 * np.sqrt(n) / i["delta_split"]["gibbs_pb"]) + union) / n
+    assert bound["value"] == pytest.approx(_kl_inverse_upper(upper, budget), abs=1e-9)
+    assert d["union_cost"] == pytest.approx(union, rel=1e-12)
+
+
 @pytest.mark.parametrize("args, words", [
     (("--prior", "learn"), "does not select"),  # the default set has no optimised certificate
     (("--bounds", "pacbayes_opt", "--prior", "nosuchfile.pt"), "none of them"),

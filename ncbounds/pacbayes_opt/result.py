@@ -62,8 +62,18 @@ class PacBayesOptResult:
 
     # ------------------------------------------------------------------------------ records
     def inputs(self) -> dict[str, Any]:
-        """What a bound record needs to reproduce the run (JSON-friendly)."""
+        """What a bound record needs to reproduce the run and check its arithmetic (JSON-friendly):
+        the settings, and the certificate's terms — λ = ``prior_var`` on the grid index ``j``, ``kl``,
+        ê = ``gibbs_error``, Ê = ``gibbs_error_upper``, the Monte-Carlo size M (``mc_samples``: trials of
+        per-example draws or whole-sample draws), the δ split and n."""
+        g = self.gibbs
         return {
+            "prior_var": g["prior_var"],
+            "j": g["j"],
+            "kl": g["kl"],
+            "gibbs_error": g["gibbs_error"],
+            "gibbs_error_upper": g["mc_upper"],
+            "mc_samples": self.mc.get("trials", self.mc.get("draws")),
             "prior": self.prior,
             "n": self.n,
             "n_train": self.n_train,
