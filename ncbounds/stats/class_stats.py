@@ -87,6 +87,51 @@ class ClassStats:
             )
         x = x.to(device=self.means.device, dtype=torch.float64)
         y = y.to(device=self.means.device, dtype=torch.int64).reshape(-1)
+        self._check_batch_finite(x)
+        batch = ClassStats._from_batch(x, y, self.num_classes, self.scatter_mode)
+        return self.merge(batch)
+
+    def update_means(self, features: torch.Tensor, labels: torch.Tensor, onehot: torch.Tensor | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+        """Add a batch to the counts and means only; returns the batch's features in float64.
+
+        The fast path of a pass that is followed by a replay (:class:`~ncbounds.stats.split.SplitStatistics`):
+        the within-class spread is then summed from exact deviations to the *final* means in the replay
+        (the classical two-pass algorithm, no cancellation either) and handed over with
+        :meth:`set_spread`; until then ``sq_dev`` is NaN. Means are still merged with the Chan et al.
+        update. ``labels`` must already be int64 in 0..K−1 on this device (the caller checks them
+        once per batch for all layers); ``onehot`` (B×K float64, optional) is their one-hot matrix,
+        shared by the layers of one batch. ``out`` (B×d float64, optional) receives the float64
+        features (e.g. rows of a preallocated store) instead of a new tensor.
+        """
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise StatisticsError(
+                f"layer {self.name} gave features of shape {tuple(features.shape)}, expected (batch, {self.dim})."
+            )
+        if features.shape[0] == 0:
+            return features.to(torch.float64)
+        self._check_batch_finite(features)
+        x = out.copy_(features) if out is not None else features.to(device=self.means.device, dtype=torch.float64)
+        batch = ClassStats.__new__(ClassStats)
+        batch.num_classes, batch.dim, batch.scatter_mode, batch.name = self.num_classes, self.dim, self.scatter_mode, "batch"
+        batch._nonfinite = None
+        batch.counts, sums = _class_sums(x, labels, self.num_classes, onehot)
+        batch.means = sums / batch.counts.clamp(min=1).unsqueeze(1)
+        batch.sq_dev = torch.zeros_like(self.sq_dev)
+        batch.scatter = self.scatter.new_zeros(0) if self.scatter_mode == "none" else torch.zeros_like(self.scatter)
+        self.merge(batch)
+        self.sq_dev = torch.full_like(self.sq_dev, float("nan"))
+        self.spread_pending = True
+        return x
+
+    def set_spread(self, sq_dev: torch.Tensor) -> ClassStats:
+        """Install Σ_{i∈c} ‖h_i − μ_c‖² (K,) computed by an exact second pass over the data of
+        :meth:`update_means` around the final means (ends the pending state)."""
+        self.sq_dev = sq_dev.to(device=self.means.device, dtype=torch.float64).clone()
+        self.spread_pending = False
+        return self
+
+    def _check_batch_finite(self, x: torch.Tensor) -> None:
         if x.device.type == "cpu":
             # one reduction instead of an elementwise test: the sum is finite unless an entry is NaN/Inf
             # (or the sum overflows, in which case the exact test decides)
@@ -95,8 +140,6 @@ class ClassStats:
         else:  # on a GPU the check is deferred to check_finite(): no host synchronisation per batch
             finite = torch.isfinite(x).all()
             self._nonfinite = ~finite if self._nonfinite is None else self._nonfinite | ~finite
-        batch = ClassStats._from_batch(x, y, self.num_classes, self.scatter_mode)
-        return self.merge(batch)
 
     def _raise_nonfinite(self):
         raise StatisticsError(
@@ -116,15 +159,7 @@ class ClassStats:
         out = cls.__new__(cls)
         out.num_classes, out.dim, out.scatter_mode, out.name = K, x.shape[1], mode, "batch"
         out._nonfinite = None
-        # class sums without a host sync: a one-hot product (one BLAS call) for few classes, a scatter
-        # (index_add, O(B·d) instead of O(B·K·d)) for many
-        if K <= 64:
-            onehot = torch.nn.functional.one_hot(y, K).to(x.dtype)  # (B, K)
-            counts = onehot.sum(0).to(torch.int64)
-            sums = onehot.T @ x
-        else:
-            counts = torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y))
-            sums = torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
+        counts, sums = _class_sums(x, y, K)
         means = sums / counts.clamp(min=1).unsqueeze(1)
         dev = x - means[y]
         out.counts, out.means = counts, means
@@ -170,6 +205,8 @@ class ClassStats:
             flag = other._nonfinite.to(self.means.device)
             self._nonfinite = flag if self._nonfinite is None else self._nonfinite | flag
         return self
+
+    spread_pending = False
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -227,3 +264,25 @@ class ClassStats:
 
     def __repr__(self) -> str:
         return f"ClassStats(name={self.name!r}, K={self.num_classes}, d={self.dim}, N={self.total}, {self.scatter_mode})"
+
+
+#: up to this many classes, class sums are one BLAS product with the one-hot label matrix
+ONEHOT_MAX_CLASSES = 64
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor | None:
+    """B×K one-hot matrix of int64 ``labels`` in ``dtype`` when K ≤ :data:`ONEHOT_MAX_CLASSES`, else None."""
+    if num_classes > ONEHOT_MAX_CLASSES:
+        return None
+    return torch.nn.functional.one_hot(labels, num_classes).to(dtype)
+
+
+def _class_sums(x: torch.Tensor, y: torch.Tensor, K: int, onehot: torch.Tensor | None = None):
+    """Per-class counts (K,) int64 and sums (K×d) of float64 rows ``x``, without a host sync: a one-hot
+    product (one BLAS call) for few classes, a scatter (index_add, O(B·d) instead of O(B·K·d)) for many."""
+    if onehot is None:
+        onehot = one_hot(y, K, x.dtype)
+    if onehot is not None:
+        return onehot.sum(0).to(torch.int64), onehot.T @ x
+    counts = torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y))
+    return counts, torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)

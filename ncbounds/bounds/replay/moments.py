@@ -21,6 +21,7 @@ import torch
 
 from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
+from ncbounds.stats.accumulator import ReplayBatch
 from ncbounds.stats.class_stats import ClassStats
 
 
@@ -57,9 +58,15 @@ class ClassMoments:
             return self
         if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
             raise StatisticsError(f"moment replay got labels outside 0..{self.num_classes - 1}.")
-        dev = h - self.means[y]
-        r2 = (dev * dev).sum(1)
-        self.counts += torch.bincount(y, minlength=self.num_classes)
+        return self.update_batch(ReplayBatch(h, y, self.means))
+
+    def update_batch(self, batch: ReplayBatch) -> ClassMoments:
+        """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` of checked labels
+        (the deviations and their squared norms are shared with the other replay accumulators)."""
+        dev = batch.deviations(self.means)
+        r2 = batch.sq if dev is batch.dev else torch.linalg.vector_norm(dev, dim=1).square()
+        y = batch.y
+        self.counts += batch.counts
         self.sum_sq.index_add_(0, y, r2)
         self.sum_fourth.index_add_(0, y, r2 * r2)
         return self

@@ -31,6 +31,7 @@ import torch
 
 from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
+from ncbounds.stats.accumulator import ReplayBatch
 
 __all__ = ["PAIR_MOMENTS", "PAIR_MOMENTS_BUDGET_BYTES", "PairMoments", "pair_moments_bytes", "pair_moments_factory"]
 
@@ -57,6 +58,7 @@ class PairMoments:
         self.first = torch.zeros(K, d, **f64)
         self.third = torch.zeros(K, d, **f64)
         self.fourth = torch.zeros(K, **f64)
+        self._moments: dict[str, np.ndarray] | None = None  # memo of moments(), cleared by update/merge
 
     @property
     def num_classes(self) -> int:
@@ -78,17 +80,28 @@ class PairMoments:
         K = self.num_classes
         if int(y.min()) < 0 or int(y.max()) >= K:
             raise StatisticsError(f"labels must lie in 0..{K - 1} for the pair-moment replay.")
-        e = x - self.means[y]
-        sq = (e * e).sum(1)
-        counts_b = torch.bincount(y, minlength=K)
+        return self.update_batch(ReplayBatch(x, y, self.means))
+
+    def update_batch(self, batch: ReplayBatch) -> PairMoments:
+        """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` of checked labels
+        (the deviations and their squared norms are shared with the other replay accumulators)."""
+        e = batch.deviations(self.means)
+        sq = batch.sq if e is batch.dev else torch.linalg.vector_norm(e, dim=1).square()
+        y = batch.y
+        counts_b = batch.counts
         self.counts += counts_b
+        self._moments = None
         self.first.index_add_(0, y, e)
-        self.third.index_add_(0, y, e * sq.unsqueeze(1))
+        onehot = batch.onehot
+        if onehot is not None:  # Σ e‖e‖² per class as one product (no B×d temporary)
+            self.third.addmm_((onehot * sq.unsqueeze(1)).T, e)
+        else:
+            self.third.index_add_(0, y, e * sq.unsqueeze(1))
         self.fourth.index_add_(0, y, sq * sq)
         order = torch.argsort(y, stable=True)
-        for c, chunk in enumerate(torch.split(e[order], counts_b.tolist())):
+        for c, chunk in enumerate(torch.split(e.index_select(0, order), counts_b.tolist())):
             if chunk.shape[0]:
-                self.scatter[c] += chunk.T @ chunk
+                self.scatter[c].addmm_(chunk.T, chunk)
         return self
 
     def merge(self, other: PairMoments) -> PairMoments:
@@ -96,6 +109,7 @@ class PairMoments:
         if not torch.equal(self.means, other.means.to(self.means.device)):
             raise StatisticsError("pair moments can only be merged when computed with the same final class means.")
         dev = self.means.device
+        self._moments = None
         self.counts += other.counts.to(dev)
         self.scatter += other.scatter.to(dev)
         self.first += other.first.to(dev)
@@ -116,7 +130,14 @@ class PairMoments:
         tr Σ_c² = ‖Σ_c‖_F² (K), ``cross`` tr(Σ_i Σ_j) (K×K), ``quad`` (μ_i − μ_j)ᵀ Σ_i (μ_i − μ_j) (K×K,
         covariance of the row class), ``third`` τ_c = E[e‖e‖²] (K×d), ``third_pair`` (μ_i − μ_j)ᵀ τ_j
         (K×K, third moment of the column class), ``fourth`` κ_c = E‖e‖⁴ (K), ``sq_dist`` ‖μ_i − μ_j‖² (K×K).
+
+        Computed once per state (the bounds that read them share it); each call returns fresh copies.
         """
+        if self._moments is None:
+            self._moments = self._compute_moments()
+        return {key: value.copy() for key, value in self._moments.items()}
+
+    def _compute_moments(self) -> dict[str, np.ndarray]:
         K, d = self.num_classes, self.dim
         n = self.counts.to(_F64)
         present = n > 0
@@ -169,6 +190,7 @@ class PairMoments:
         out.counts = torch.as_tensor(np.asarray(state["counts"]), dtype=torch.int64)
         for key in ("scatter", "first", "third", "fourth"):
             setattr(out, key, torch.as_tensor(np.asarray(state[key]), dtype=_F64))
+        out._moments = None
         return out
 
     def __repr__(self) -> str:

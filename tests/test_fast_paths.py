@@ -1,0 +1,168 @@
+"""The fast paths of the pass and the replay give the numbers of the plain paths.
+
+Checked against brute-force float64 references written here (numpy, two-pass, exact deviations) and
+against the library's own reference paths (Chan-merged ClassStats with scatter matrices, NCC decisions
+from centred features, a replay fed one accumulator at a time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ncbounds.bounds.replay.moments import ClassMoments
+from ncbounds.bounds.replay.pair_moments import PairMoments
+from ncbounds.stats.accumulator import ReplayBatch
+from ncbounds.stats.class_stats import ClassStats
+from ncbounds.stats.ncc import NCCCounter
+from ncbounds.stats.projected import ProjectedStats
+from ncbounds.stats.spill import FeatureSpill
+from ncbounds.stats.split import SplitStatistics
+
+
+def _data(n=3000, K=7, d=24, scale=3.0, noise=1.0, offset=0.0, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(K, d)) * scale + offset
+    y = rng.integers(0, K, n)
+    x = (means[y] + noise * rng.normal(size=(n, d))).astype(dtype)
+    return x, y
+
+
+def _brute_spread(x, y, K):
+    x = x.astype(np.float64)
+    out = np.zeros(K)
+    for c in range(K):
+        xc = x[y == c]
+        if len(xc):
+            out[c] = ((xc - xc.mean(0)) ** 2).sum()
+    return out
+
+
+def _stream(x, y, K, batch, **kw):
+    split = SplitStatistics(K, penultimate="f", **kw)
+    for s in range(0, len(y), batch):
+        xb = torch.as_tensor(x[s:s + batch])
+        split.update({"f": xb}, torch.as_tensor(y[s:s + batch]), logits=xb[:, :K] * 1.0)
+    return split
+
+
+@pytest.mark.parametrize("offset,noise", [(0.0, 1.0), (50.0, 1e-6)])
+def test_two_pass_spread_matches_brute_force_and_chan(offset, noise):
+    """The replay's spread around the final means equals the two-pass reference, also under strong
+    collapse (means of norm ~50·√d, spread 1e-6), and the Chan-merged per-class scatter's trace."""
+    x, y = _data(offset=offset, noise=noise, dtype=np.float64)
+    K = 7
+    split = _stream(x, y, K, 250, expected_rows=len(y))
+    split.finish()
+    stats = split.layers["f"]
+    assert not stats.spread_pending
+    ref = _brute_spread(x, y, K)
+    np.testing.assert_allclose(stats.sq_dev.numpy(), ref, rtol=1e-9)
+    chan = ClassStats(K, x.shape[1], "per-class")
+    for s in range(0, len(y), 250):
+        chan.update(torch.as_tensor(x[s:s + 250]), torch.as_tensor(y[s:s + 250]))
+    np.testing.assert_allclose(stats.sq_dev.numpy(), chan.sq_dev.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(stats.means.numpy(), chan.means.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_spread_is_pending_until_the_replay():
+    x, y = _data(n=200)
+    stats = ClassStats(7, x.shape[1], "none")
+    stats.update_means(torch.as_tensor(x), torch.as_tensor(y))
+    assert stats.spread_pending and bool(torch.isnan(stats.sq_dev).all())
+
+
+@pytest.mark.parametrize("kw", [dict(expected_rows=3000), dict(), dict(memory_budget=0), dict(expected_rows=1000)])
+def test_replay_storage_modes_agree(kw):
+    """Preallocated store, per-batch parts, disk spill and a store that overflows its announced size
+    give the same replayed statistics (up to rounding of the chunking)."""
+    x, y = _data()
+    K = 7
+    ref = _stream(x, y, K, 300)
+    ref.finish(chunk_rows=300)  # one batch at a time, as appended
+    split = _stream(x, y, K, 300, **kw)
+    split.finish()
+    for key in ("within", "pair_forms", "sq_dev", "class_terms"):
+        np.testing.assert_allclose(getattr(split.projected["f"], key).numpy(), getattr(ref.projected["f"], key).numpy(), rtol=1e-10)
+    assert split.ncc["f"].errors == ref.ncc["f"].errors and split.ncc["f"].mismatches == ref.ncc["f"].mismatches
+    assert torch.equal(split.ncc["f"].class_errors, ref.ncc["f"].class_errors)
+
+
+def test_spill_store_chunks_and_disk_dtype(tmp_path):
+    rng = np.random.default_rng(1)
+    parts = [torch.as_tensor(rng.normal(size=(n, 3)).astype(np.float32)) for n in (5, 7, 2, 9)]
+    for budget in (1 << 20, 0):
+        spill = FeatureSpill(str(tmp_path), memory_budget=budget, capacity=23)
+        for p in parts:
+            out = spill.reserve("a", tuple(p.shape), torch.float64, torch.device("cpu"))
+            out.copy_(p)
+            spill.append("a", out, disk_dtype=torch.float32)
+            spill.append("b", p[:, 0].clone())
+        for rows in (1, 8, 100):
+            got = list(spill.chunks("a", rows))
+            labels = list(spill.chunks("b", rows))
+            assert [len(g) for g in got] == [len(g) for g in labels]  # names appended together chunk together
+            np.testing.assert_array_equal(torch.cat(got).numpy(), torch.cat(parts).double().numpy())
+        spill.close()
+
+
+def test_ncc_from_products_equals_centred_decisions():
+    """NCC decisions from deviations + a K×K table equal those from centred features (own and other
+    reference means, an absent reference class)."""
+    x, y = _data(n=2000, scale=0.5)
+    h = torch.as_tensor(x, dtype=torch.float64)
+    yt = torch.as_tensor(y)
+    own = torch.stack([h[yt == c].mean(0) for c in range(7)])
+    other = own + 0.3 * torch.randn(own.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    present = torch.ones(7, dtype=torch.bool)
+    present[3] = False
+    for ref, pres in ((own, None), (other, None), (other, present)):
+        plain = NCCCounter(ref.clone(), pres).update(h, yt)
+        fast = NCCCounter(ref.clone(), pres).update_batch(ReplayBatch(h, yt, own))
+        assert (plain.errors, plain.n) == (fast.errors, fast.n)
+        assert torch.equal(plain.class_errors, fast.class_errors)
+
+
+def test_shared_replay_batch_equals_separate_accumulators():
+    """Accumulators fed one shared ReplayBatch equal the same accumulators fed features and labels."""
+    x, y = _data(n=1500, dtype=np.float64)
+    h, yt = torch.as_tensor(x), torch.as_tensor(y)
+    stats = ClassStats(7, x.shape[1], "none").update(h, yt)
+    a = (ProjectedStats(stats.means, stats.counts, per_class=True), ClassMoments(stats), PairMoments(stats.means))
+    b = (ProjectedStats(stats.means, stats.counts, per_class=True), ClassMoments(stats), PairMoments(stats.means))
+    for s in range(0, 1500, 400):
+        batch = ReplayBatch(h[s:s + 400], yt[s:s + 400], stats.means)
+        for acc in a:
+            acc.update_batch(batch)
+        for acc in b:
+            acc.update(h[s:s + 400], yt[s:s + 400])
+    for key in ("within", "pair_forms", "sq_dev", "class_terms"):
+        np.testing.assert_allclose(getattr(a[0], key).numpy(), getattr(b[0], key).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(a[1].fourth_moment().numpy(), b[1].fourth_moment().numpy(), rtol=1e-12)
+    ma, mb = a[2].moments(), b[2].moments()
+    for key in ma:
+        np.testing.assert_allclose(ma[key], mb[key], rtol=1e-12)
+    # brute force: per-class scatter and fourth moment
+    for c in range(7):
+        e = x[y == c] - x[y == c].mean(0)
+        np.testing.assert_allclose(ma["trace_sq"][c], np.linalg.norm(e.T @ e / len(e)) ** 2, rtol=1e-9)
+        np.testing.assert_allclose(ma["fourth"][c], np.mean(((e ** 2).sum(1)) ** 2), rtol=1e-9)
+
+
+def test_pair_moments_memo_is_fresh_per_state():
+    """moments() is computed once per state: repeated calls agree, callers get their own copies, and
+    an update or merge recomputes them."""
+    x, y = _data(n=600, dtype=np.float64)
+    h, yt = torch.as_tensor(x), torch.as_tensor(y)
+    stats = ClassStats(7, x.shape[1], "none").update(h, yt)
+    pm = PairMoments(stats.means)
+    pm.update(h[:300], yt[:300])
+    first = pm.moments()
+    first["trace"][:] = -1.0  # a caller editing its copy does not change the memo
+    second = pm.moments()
+    assert (second["trace"] > 0).all()
+    pm.update(h[300:], yt[300:])
+    fresh = PairMoments(stats.means).update(h, yt).moments()
+    np.testing.assert_allclose(pm.moments()["trace"], fresh["trace"], rtol=1e-12)
+    assert not np.allclose(pm.moments()["trace"], second["trace"])
