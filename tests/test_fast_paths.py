@@ -166,3 +166,42 @@ def test_pair_moments_memo_is_fresh_per_state():
     fresh = PairMoments(stats.means).update(h, yt).moments()
     np.testing.assert_allclose(pm.moments()["trace"], fresh["trace"], rtol=1e-12)
     assert not np.allclose(pm.moments()["trace"], second["trace"])
+
+
+def test_class_medians_are_numpy_percentiles_bit_for_bit():
+    from ncbounds.metrics.imbalance import _class_medians
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 10, 999, 1000):
+        y = rng.integers(0, 5, n)
+        v = rng.normal(size=n) * rng.choice([1e-3, 1.0, 1e5])
+        v[rng.random(n) < 0.1] = 0.5  # ties
+        counts = np.bincount(y, minlength=5)
+        ref = np.array([np.percentile(v[y == c], 50) if counts[c] else np.nan for c in range(5)])
+        np.testing.assert_array_equal(_class_medians(v, y, counts), ref)
+
+
+def test_ramp_losses_equal_the_direct_formula():
+    from ncbounds.bounds.margin_tools import ramp_losses
+
+    rng = np.random.default_rng(4)
+    margins = np.concatenate([rng.normal(1.0, 2.0, 3000), [0.0, 0.0, 2.5]])
+    gammas = np.concatenate([np.geomspace(1e-9, 100.0, 120), [2.5]])
+    direct = np.array([np.mean(np.clip(1.0 - margins / g, 0.0, 1.0)) for g in gammas])
+    np.testing.assert_allclose(ramp_losses(margins, gammas), direct, rtol=0, atol=1e-14)
+
+
+def test_kl_inverse_search_keeps_published_values_and_brackets():
+    from ncbounds.stats.binomial import kl_bernoulli, kl_inverse_lower, kl_inverse_upper
+
+    for (q, c), ref in {(0.0, 0.01): 0.009950166251, (0.01, 0.01): 0.031125881450, (0.05, 0.1): 0.206401407806,
+                        (0.2, 0.5): 0.685261925018}.items():
+        p = kl_inverse_upper(q, c)
+        assert p == pytest.approx(ref, abs=1e-12) and kl_bernoulli(q, p) > c
+    rng = np.random.default_rng(5)
+    q, c = rng.random(200), rng.random(200)
+    hi, lo = kl_inverse_upper(q, c), kl_inverse_lower(q, c)
+    up = hi < 1
+    assert np.all(kl_bernoulli(q[up], hi[up]) > c[up])  # outside the feasible set: a true upper end
+    down = lo > 0
+    assert np.all(kl_bernoulli(q[down], lo[down]) > c[down])

@@ -104,6 +104,9 @@ class ClassStats:
         shared by the layers of one batch. ``out`` (B×d float64, optional) receives the float64
         features (e.g. rows of a preallocated store) instead of a new tensor.
         """
+        if self.scatter_mode != "none":
+            raise StatisticsError("update_means() keeps no scatter matrices; use update() with scatter_mode "
+                                  f"{self.scatter_mode!r}.")
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise StatisticsError(
                 f"layer {self.name} gave features of shape {tuple(features.shape)}, expected (batch, {self.dim})."
@@ -112,16 +115,16 @@ class ClassStats:
             return features.to(torch.float64)
         self._check_batch_finite(features)
         x = out.copy_(features) if out is not None else features.to(device=self.means.device, dtype=torch.float64)
-        batch = ClassStats.__new__(ClassStats)
-        batch.num_classes, batch.dim, batch.scatter_mode, batch.name = self.num_classes, self.dim, self.scatter_mode, "batch"
-        batch._nonfinite = None
-        batch.counts, sums = _class_sums(x, labels, self.num_classes, onehot)
-        batch.means = sums / batch.counts.clamp(min=1).unsqueeze(1)
-        batch.sq_dev = torch.zeros_like(self.sq_dev)
-        batch.scatter = self.scatter.new_zeros(0) if self.scatter_mode == "none" else torch.zeros_like(self.scatter)
-        self.merge(batch)
-        self.sq_dev = torch.full_like(self.sq_dev, float("nan"))
-        self.spread_pending = True
+        counts, sums = _class_sums(x, labels, self.num_classes, onehot)
+        # Chan et al.'s update of the means (as in merge()): μ = μ_a + δ·n_b/n, δ = μ_b − μ_a
+        n_b = counts.to(torch.float64)
+        n = (self.counts + counts).to(torch.float64)
+        delta = sums / n_b.clamp(min=1.0).unsqueeze(1) - self.means
+        self.means = self.means + delta * (n_b / n.clamp(min=1.0)).unsqueeze(1)
+        self.counts = self.counts + counts
+        if not self.spread_pending:
+            self.sq_dev = torch.full_like(self.sq_dev, float("nan"))
+            self.spread_pending = True
         return x
 
     def set_spread(self, sq_dev: torch.Tensor) -> ClassStats:
@@ -271,10 +274,13 @@ ONEHOT_MAX_CLASSES = 64
 
 
 def one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor | None:
-    """B×K one-hot matrix of int64 ``labels`` in ``dtype`` when K ≤ :data:`ONEHOT_MAX_CLASSES`, else None."""
+    """B×K one-hot matrix of int64 ``labels`` (in 0..K−1, not checked) in ``dtype`` when K ≤
+    :data:`ONEHOT_MAX_CLASSES`, else None."""
     if num_classes > ONEHOT_MAX_CLASSES:
         return None
-    return torch.nn.functional.one_hot(labels, num_classes).to(dtype)
+    # a scatter of ones (torch's one_hot would also scan the labels for their range: they are checked already)
+    out = torch.zeros(labels.shape[0], num_classes, dtype=dtype, device=labels.device)
+    return out.scatter_(1, labels.reshape(-1, 1), 1.0)
 
 
 def _class_sums(x: torch.Tensor, y: torch.Tensor, K: int, onehot: torch.Tensor | None = None):

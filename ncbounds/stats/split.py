@@ -118,7 +118,7 @@ class SplitStatistics:
                 self.logits = LogitStats(self.num_classes)
             self.logits.update(logits, labels)
             if nc4_predictions is None:
-                nc4_predictions = logits.argmax(1)
+                nc4_predictions = self.logits.last_predictions  # argmax of the logits, bias included
         self._spill.append(_LABELS, labels)
         if nc4_predictions is not None:
             self._spill.append(_NC4, nc4_predictions)
@@ -188,9 +188,11 @@ class SplitStatistics:
 def _checked_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """int64 labels (B,), checked to lie in 0..K−1 (on the CPU; a GPU batch is not synchronised)."""
     y = labels.to(torch.int64).reshape(-1)
-    if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DataError(
-            f"labels must lie in 0..{num_classes - 1} (the model has {num_classes} "
-            f"outputs) but range over {int(y.min())}..{int(y.max())}; fix the labels or --arch-kwargs num_classes."
-        )
+    if y.device.type == "cpu" and y.numel():
+        low, high = (int(v) for v in torch.aminmax(y))
+        if low < 0 or high >= num_classes:
+            raise DataError(
+                f"labels must lie in 0..{num_classes - 1} (the model has {num_classes} "
+                f"outputs) but range over {low}..{high}; fix the labels or --arch-kwargs num_classes."
+            )
     return y
