@@ -143,8 +143,8 @@ class PairMoments:
         present = n > 0
         nan = float("nan")
         safe = n.clamp(min=1.0)
-        cov = self.scatter / safe.view(-1, 1, 1)
-        cov = 0.5 * (cov + cov.transpose(1, 2))
+        # symmetrised covariance (S + Sᵀ)/(2 n_c): one transposed read, scaled in place
+        cov = torch.add(self.scatter, self.scatter.transpose(1, 2)).mul_((0.5 / safe).view(-1, 1, 1))
         # centre the means (differences are translation invariant; smaller numbers, less cancellation)
         mu = self.means - (self.means[present].mean(0) if bool(present.any()) else 0.0)
         flat = cov.reshape(K, d * d)
@@ -162,7 +162,7 @@ class PairMoments:
             "present": present.cpu().numpy(),
             "means": self.means.cpu().numpy(),
             "trace": torch.diagonal(cov, dim1=1, dim2=2).sum(1).cpu().numpy(),
-            "trace_sq": (flat * flat).sum(1).cpu().numpy(),
+            "trace_sq": torch.diagonal(cross).cpu().numpy(),  # ‖Σ_c‖_F² = ⟨Σ_c, Σ_c⟩
             "cross": cross.cpu().numpy(),
             "quad": quad.cpu().numpy(),
             "third": tau.cpu().numpy(),
