@@ -205,3 +205,23 @@ def test_kl_inverse_search_keeps_published_values_and_brackets():
     assert np.all(kl_bernoulli(q[up], hi[up]) > c[up])  # outside the feasible set: a true upper end
     down = lo > 0
     assert np.all(kl_bernoulli(q[down], lo[down]) > c[down])
+
+
+def test_decision_axes_shared_scores_equal_per_rule_values():
+    """The replay's one product per centre gives each rule's t values as AffineRule.values computes them."""
+    from ncbounds.bounds.replay.decision_axes import AffineRule, DecisionAxisStats
+
+    x, y = _data(n=900, dtype=np.float64)
+    h, yt = torch.as_tensor(x), torch.as_tensor(y)
+    means = torch.stack([h[yt == c].mean(0) for c in range(7)])
+    center = means.mean(0)
+    W = torch.randn(7, x.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    rules = {"head": AffineRule(W, torch.zeros(7, dtype=torch.float64), center=center),
+             "ncc": AffineRule.nearest_center(means, center=center)}
+    fast = DecisionAxisStats(rules).update_batch(ReplayBatch(h, yt, means))
+    for name, rule in rules.items():
+        t = rule.values(h, yt).numpy()
+        for i in range(7):
+            ti = t[y == i]
+            np.testing.assert_allclose(fast.pair_mean[name][i].numpy(), ti.mean(0), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(fast.pair_m2[name][i].numpy(), ((ti - ti.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-12)
