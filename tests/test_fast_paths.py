@@ -225,3 +225,55 @@ def test_decision_axes_shared_scores_equal_per_rule_values():
             ti = t[y == i]
             np.testing.assert_allclose(fast.pair_mean[name][i].numpy(), ti.mean(0), rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(fast.pair_m2[name][i].numpy(), ((ti - ti.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "both"])
+def test_non_finite_features_are_caught_from_the_class_sums(bad):
+    from ncbounds.errors import StatisticsError
+
+    x, y = _data(n=300)
+    x = x.copy()
+    if bad == "both":  # +Inf and −Inf in the same class and column: the sum is NaN
+        c = y[0]
+        rows = np.flatnonzero(y == c)[:2]
+        x[rows[0], 3], x[rows[1], 3] = np.inf, -np.inf
+    else:
+        x[17, 5] = bad
+    for K in (7, 80):  # one-hot product and index_add
+        stats = ClassStats(K, x.shape[1], "none", name="layer3")
+        with pytest.raises(StatisticsError, match="layer3"):
+            stats.update_means(torch.as_tensor(x), torch.as_tensor(y))
+
+
+def test_huge_finite_features_are_not_refused():
+    x, y = _data(n=300, dtype=np.float64)
+    x = x * 1e306  # finite, but the class sums overflow: the exact test decides
+    stats = ClassStats(7, x.shape[1], "none")
+    stats.update_means(torch.as_tensor(x), torch.as_tensor(y))
+    assert int(stats.counts.sum()) == 300
+
+
+def test_replay_in_place_deviations_equal_the_copy_and_forbid_reading_features():
+    x, y = _data(n=500, dtype=np.float64)
+    h, yt = torch.as_tensor(x), torch.as_tensor(y)
+    means = torch.stack([h[yt == c].mean(0) for c in range(7)])
+    plain = ReplayBatch(h, yt, means)
+    rows = h.clone()
+    fast = ReplayBatch(rows, yt, means, overwrite=True)
+    assert torch.equal(plain.dev, fast.dev) and fast.dev.data_ptr() == rows.data_ptr()
+    assert torch.equal(h, torch.as_tensor(x))  # the non-overwriting batch left its features alone
+    with pytest.raises(RuntimeError):
+        fast.h
+
+
+def test_pass_under_inference_mode_then_replay_outside():
+    """The pipeline streams under torch.inference_mode and replays after it: the preallocated store
+    must stay writable (its rows become the deviations in place)."""
+    x, y = _data()
+    ref = _stream(x, y, 7, 300)
+    ref.finish()
+    with torch.inference_mode():
+        split = _stream(x, y, 7, 300, expected_rows=len(y))
+    split.finish()
+    np.testing.assert_allclose(split.projected["f"].within.numpy(), ref.projected["f"].within.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(split.layers["f"].sq_dev.numpy(), ref.layers["f"].sq_dev.numpy(), rtol=1e-10)

@@ -50,17 +50,28 @@ class ReplayBatch:
 
     :meth:`deviations` returns :attr:`dev` for the split's own means and computes the deviations
     from any other means afresh.
+
+    ``overwrite=True`` (the replay owns the feature rows and every reader uses only :attr:`dev`)
+    forms the deviations in place of the features — one pass over the rows fewer — after which
+    :attr:`h` is gone (reading it raises).
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, means: torch.Tensor) -> None:
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, overwrite: bool = False) -> None:
         self.means = means
-        self.h = features.to(device=means.device, dtype=torch.float64)
+        self._h: torch.Tensor | None = features.to(device=means.device, dtype=torch.float64)
+        self.overwrite = overwrite
         self.y = labels.to(device=means.device, dtype=torch.int64).reshape(-1)
         self.num_classes = int(means.shape[0])
         self._onehot: torch.Tensor | None | bool = False
         self._counts: torch.Tensor | None = None
         self._dev: torch.Tensor | None = None
         self._sq: torch.Tensor | None = None
+
+    @property
+    def h(self) -> torch.Tensor:
+        if self._h is None:
+            raise RuntimeError("the features of this replay batch were overwritten by their deviations (overwrite=True).")
+        return self._h
 
     @property
     def onehot(self) -> torch.Tensor | None:
@@ -82,8 +93,13 @@ class ReplayBatch:
     def dev(self) -> torch.Tensor:
         if self._dev is None:
             oh = self.onehot
+            h = self.h
             # h − onehot·M: the product picks μ_{y_i} exactly (one non-zero term), one rounding in the difference
-            self._dev = torch.addmm(self.h, oh, self.means, alpha=-1.0) if oh is not None else self.h - self.means[self.y]
+            if self.overwrite:
+                self._dev = h.addmm_(oh, self.means, alpha=-1.0) if oh is not None else h.sub_(self.means[self.y])
+                self._h = None
+            else:
+                self._dev = torch.addmm(h, oh, self.means, alpha=-1.0) if oh is not None else h - self.means[self.y]
         return self._dev
 
     @property

@@ -113,9 +113,15 @@ class ClassStats:
             )
         if features.shape[0] == 0:
             return features.to(torch.float64)
-        self._check_batch_finite(features)
         x = out.copy_(features) if out is not None else features.to(device=self.means.device, dtype=torch.float64)
         counts, sums = _class_sums(x, labels, self.num_classes, onehot)
+        if x.device.type == "cpu":
+            # a NaN/Inf feature makes its class sum (and through 0·Inf the other rows of the one-hot
+            # product) non-finite, so the K×d sums stand for the B×d batch; the exact test confirms
+            if not math.isfinite(float(sums.sum())) and not bool(torch.isfinite(x).all()):
+                self._raise_nonfinite()
+        else:
+            self._check_batch_finite(x)
         # Chan et al.'s update of the means (as in merge()): μ = μ_a + δ·n_b/n, δ = μ_b − μ_a
         n_b = counts.to(torch.float64)
         n = (self.counts + counts).to(torch.float64)

@@ -80,6 +80,12 @@ class FeatureSpill:
             self._move_to_disk()
         self._write(name, rows)
 
+    def owns(self, name: str) -> bool:
+        """True when the rows that :meth:`chunks` yields for ``name`` belong to the spill (a preallocated
+        store, or fresh tensors read from disk), so a reader may overwrite them; False for appended
+        tensors kept as they were given."""
+        return self.on_disk or name in self._stores
+
     def reserve(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised (B, ...) tensor to fill and then pass to :meth:`append` under ``name``.
 
@@ -90,7 +96,8 @@ class FeatureSpill:
         if store is None and self.capacity and not self.on_disk and name not in self._memory:
             nbytes = self.capacity * int(np.prod(shape[1:], dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
             if self._memory_bytes + nbytes <= self.memory_budget:
-                store = self._stores[name] = torch.empty((self.capacity, *shape[1:]), dtype=dtype, device=device)
+                with torch.inference_mode(False):  # a normal tensor, so its rows may be reused in place after the pass
+                    store = self._stores[name] = torch.empty((self.capacity, *shape[1:]), dtype=dtype, device=device)
                 self._parts[name] = []
                 self._memory_bytes += nbytes
         filled = self.rows.get(name, 0)

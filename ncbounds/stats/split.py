@@ -164,8 +164,11 @@ class SplitStatistics:
                 rows = max(1, min(chunk_rows, _CHUNK_BYTES // (8 * stats.dim)))  # float64 temporaries of a chunk stay small
                 nc4_chunks = self._spill.chunks(_NC4, rows) if use_nc4 else ()
                 chunks = zip_longest(self._spill.chunks(name, rows), self._spill.chunks(_LABELS, rows), nc4_chunks)
+                # the rows are the spill's own float64 copy and every reader takes only the deviations:
+                # form them in place (ReplayBatch overwrite)
+                overwrite = self._spill.owns(name) and all(getattr(acc, "reads_only_deviations", False) for acc in extras.values())
                 for chunk, y, pred in chunks:
-                    batch = ReplayBatch(chunk.to(self.device), y.to(self.device), stats.means)
+                    batch = ReplayBatch(chunk.to(self.device), y.to(self.device), stats.means, overwrite=overwrite)
                     z, proj, extra = projected.project(batch)
                     projected.add(batch, z, proj)
                     counter.update_products(batch, proj if own else extra, None if pred is None else pred.to(self.device))

@@ -33,6 +33,9 @@ class ClassMoments:
     sample mean, as in the authors' reference code of Luthra et al. 2026).
     """
 
+    #: fed through ``update_batch``, it reads only the deviations from the split's own final means
+    reads_only_deviations = True
+
     def __init__(self, stats: ClassStats) -> None:
         self.means = stats.means.detach().to(torch.float64).clone()
         self.expected_counts = stats.counts.detach().clone()

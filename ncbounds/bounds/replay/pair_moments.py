@@ -47,6 +47,9 @@ def pair_moments_bytes(num_classes: int, dim: int) -> int:
 class PairMoments:
     """Replay accumulator of per-class second, third and fourth moments around fixed class means."""
 
+    #: fed through ``update_batch``, it reads only the deviations from the split's own final means
+    reads_only_deviations = True
+
     def __init__(self, means: Any) -> None:
         self.means = torch.as_tensor(means).to(_F64)
         if self.means.ndim != 2:
