@@ -277,3 +277,18 @@ def test_pass_under_inference_mode_then_replay_outside():
     split.finish()
     np.testing.assert_allclose(split.projected["f"].within.numpy(), ref.projected["f"].within.numpy(), rtol=1e-10)
     np.testing.assert_allclose(split.layers["f"].sq_dev.numpy(), ref.layers["f"].sq_dev.numpy(), rtol=1e-10)
+
+
+def test_clopper_pearson_equals_scipy_beta_quantiles():
+    from scipy import stats as st
+
+    from ncbounds.stats.binomial import clopper_pearson
+
+    rng = np.random.default_rng(7)
+    n = rng.integers(1, 50000, 500)
+    k = np.floor(rng.random(500) * (n + 1)).astype(int).clip(max=n)
+    lo, hi = clopper_pearson(k, n, alpha=0.05)
+    ref_lo = np.where(k > 0, st.beta.ppf(0.025, np.maximum(k, 1), n - k + 1), 0.0)
+    ref_hi = np.where(k < n, st.beta.ppf(0.975, k + 1, np.maximum(n - k, 1)), 1.0)
+    np.testing.assert_allclose(lo, ref_lo, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(hi, ref_hi, rtol=1e-13, atol=0)

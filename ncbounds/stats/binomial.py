@@ -28,7 +28,7 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 __all__ = [
     "KL_INVERSE_SAFETY",
@@ -257,7 +257,9 @@ def clopper_pearson(
 ) -> tuple[Any, Any]:
     """Exact (Clopper–Pearson) binomial confidence interval (lo, hi) for p from k successes in n.
 
-    Formulas (B(a, b) the Beta quantile function, ``scipy.stats.beta.ppf``):
+    Formulas (B(a, b) the Beta quantile function: the inverse regularized incomplete beta function
+    ``scipy.special.betaincinv(a, b, ·)``, the values of ``scipy.stats.beta.ppf`` without its
+    per-call argument handling, which costs ~50× more):
       - 'two-sided' (level 1−α): lo = B(α/2; k, n−k+1), hi = B(1−α/2; k+1, n−k);
       - 'upper' (one-sided, level 1−α): lo = 0, hi = B(1−α; k+1, n−k);
       - 'lower' (one-sided, level 1−α): lo = B(α; k, n−k+1), hi = 1.
@@ -281,11 +283,11 @@ def clopper_pearson(
     if a_lo is None:
         lo = np.zeros_like(ka)
     else:
-        lo = np.where(ka > 0, stats.beta.ppf(a_lo, np.maximum(ka, 1.0), na - ka + 1.0), 0.0)
+        lo = np.where(ka > 0, special.betaincinv(np.maximum(ka, 1.0), na - ka + 1.0, a_lo), 0.0)
     if a_hi is None:
         hi = np.ones_like(ka)
     else:
-        hi = np.where(ka < na, stats.beta.ppf(1.0 - a_hi, ka + 1.0, np.maximum(na - ka, 1.0)), 1.0)
+        hi = np.where(ka < na, special.betaincinv(ka + 1.0, np.maximum(na - ka, 1.0), 1.0 - a_hi), 1.0)
     scalar = np.ndim(k) == 0 and np.ndim(n) == 0
     return _out(np.asarray(lo, np.float64), scalar), _out(np.asarray(hi, np.float64), scalar)
 
