@@ -292,3 +292,25 @@ def test_clopper_pearson_equals_scipy_beta_quantiles():
     ref_hi = np.where(k < n, st.beta.ppf(0.975, k + 1, np.maximum(n - k, 1)), 1.0)
     np.testing.assert_allclose(lo, ref_lo, rtol=1e-13, atol=0)
     np.testing.assert_allclose(hi, ref_hi, rtol=1e-13, atol=0)
+
+
+def test_pair_moments_block_accumulation_is_the_full_scatter():
+    """From d = 128 on the per-class scatter is accumulated by symmetric blocks; reads (moments, state,
+    merge, a further update after a merge) see the full matrix Σ e eᵀ of a brute-force reference."""
+    x, y = _data(n=700, d=160, dtype=np.float64)
+    h, yt = torch.as_tensor(x), torch.as_tensor(y)
+    means = torch.stack([h[yt == c].mean(0) for c in range(7)])
+    a = PairMoments(means).update(h[:300], yt[:300])
+    b = PairMoments(means).update(h[300:500], yt[300:500])
+    a.merge(b)
+    a.update(h[500:], yt[500:])
+    state = a.state()
+    for c in range(7):
+        e = x[y == c] - means[c].numpy()
+        np.testing.assert_allclose(state["scatter"][c], e.T @ e, rtol=1e-10, atol=1e-9)
+    m = a.moments()
+    for c in range(7):
+        e = x[y == c] - means[c].numpy()
+        cov = e.T @ e / len(e)
+        np.testing.assert_allclose(m["trace_sq"][c], (cov * cov).sum(), rtol=1e-10)
+    np.testing.assert_allclose(PairMoments.from_state(state).moments()["cross"], m["cross"], rtol=1e-12)

@@ -37,6 +37,7 @@ __all__ = ["PAIR_MOMENTS", "PAIR_MOMENTS_BUDGET_BYTES", "PairMoments", "pair_mom
 
 PAIR_MOMENTS_BUDGET_BYTES = 512 * 2**20
 _F64 = torch.float64
+_BLOCK_MIN_DIM = 128  # from this feature dimension on, S_c is accumulated by blocks (symmetry)
 
 
 def pair_moments_bytes(num_classes: int, dim: int) -> int:
@@ -62,6 +63,7 @@ class PairMoments:
         self.third = torch.zeros(K, d, **f64)
         self.fourth = torch.zeros(K, **f64)
         self._moments: dict[str, np.ndarray] | None = None  # memo of moments(), cleared by update/merge
+        self._lower_stale = False  # the lower off-diagonal block of the scatter lags behind (see _complete)
 
     @property
     def num_classes(self) -> int:
@@ -102,10 +104,27 @@ class PairMoments:
             self.third.index_add_(0, y, e * sq.unsqueeze(1))
         self.fourth.index_add_(0, y, sq * sq)
         order = torch.argsort(y, stable=True)
+        half = self.dim // 2 if self.dim >= _BLOCK_MIN_DIM else 0
         for c, chunk in enumerate(torch.split(e.index_select(0, order), counts_b.tolist())):
-            if chunk.shape[0]:
+            if not chunk.shape[0]:
+                continue
+            if half:  # S_c is symmetric: its two diagonal blocks and the upper off-diagonal one (3/4 of the work)
+                left, right = chunk[:, :half], chunk[:, half:]
+                S = self.scatter[c]
+                S[:half, :half].addmm_(left.T, left)
+                S[half:, half:].addmm_(right.T, right)
+                S[:half, half:].addmm_(left.T, right)
+                self._lower_stale = True
+            else:
                 self.scatter[c].addmm_(chunk.T, chunk)
         return self
+
+    def _complete(self) -> None:
+        """Copy the upper off-diagonal block into the lower one (which the block updates leave stale)."""
+        if self._lower_stale:
+            half = self.dim // 2
+            self.scatter[:, half:, :half] = self.scatter[:, :half, half:].transpose(1, 2)
+            self._lower_stale = False
 
     def merge(self, other: PairMoments) -> PairMoments:
         """Add another shard's replay; both must use the same class means."""
@@ -113,6 +132,8 @@ class PairMoments:
             raise StatisticsError("pair moments can only be merged when computed with the same final class means.")
         dev = self.means.device
         self._moments = None
+        self._complete()
+        other._complete()
         self.counts += other.counts.to(dev)
         self.scatter += other.scatter.to(dev)
         self.first += other.first.to(dev)
@@ -141,6 +162,7 @@ class PairMoments:
         return {key: value.copy() for key, value in self._moments.items()}
 
     def _compute_moments(self) -> dict[str, np.ndarray]:
+        self._complete()
         K, d = self.num_classes, self.dim
         n = self.counts.to(_F64)
         present = n > 0
@@ -184,6 +206,7 @@ class PairMoments:
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays describing the accumulator (for shipping between processes)."""
+        self._complete()
         return {key: getattr(self, key).cpu().numpy() for key in ("means", "counts", "scatter", "first", "third", "fourth")}
 
     @classmethod
