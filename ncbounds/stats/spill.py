@@ -86,11 +86,10 @@ class FeatureSpill:
         tensors kept as they were given."""
         return self.on_disk or name in self._stores
 
-    def reserve(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """An uninitialised (B, ...) tensor to fill and then pass to :meth:`append` under ``name``.
-
-        In memory with a ``capacity``, it is the next B rows of the store of ``name`` (allocated at the
-        first call, if ``capacity`` rows fit in the memory budget); otherwise a new tensor."""
+    def reserve(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """The next B rows (uninitialised) of the store of ``name``, to fill and then pass to :meth:`append`;
+        None when there is no such store (no ``capacity``, ``capacity`` rows would exceed the memory
+        budget, the copy is on disk or ``name`` was appended to without one)."""
         B = shape[0]
         store = self._stores.get(name)
         if store is None and self.capacity and not self.on_disk and name not in self._memory:
@@ -104,7 +103,7 @@ class FeatureSpill:
         if (store is not None and store.dtype == dtype and store.device == torch.device(device)
                 and tuple(store.shape[1:]) == tuple(shape[1:]) and filled + B <= store.shape[0]):
             return store[filled:filled + B]
-        return torch.empty(shape, dtype=dtype, device=device)
+        return None
 
     def _move_to_disk(self) -> None:
         self.root = tempfile.mkdtemp(prefix="ncbounds-spill-", dir=self.directory)

@@ -105,11 +105,12 @@ class SplitStatistics:
             if name not in self.layers:
                 self.layers[name] = ClassStats(self.num_classes, feats.shape[1], self.scatter_mode, device=self.device, name=name)
             if two_pass:
-                # the float64 copy made for the sums is written where the replay reads it (no second
-                # conversion); on disk it is stored in the features' own dtype, which it equals exactly
+                # the float64 copy made for the sums is written where the replay reads it, when the
+                # split's rows fit a store in the memory budget (no second conversion); otherwise the
+                # features are kept as they came, as a copy that may move to disk
                 out = self._spill.reserve(name, tuple(feats.shape), torch.float64, self.device) if feats.ndim == 2 else None
                 wide = self.layers[name].update_means(feats, labels, onehot, out=out)
-                self._spill.append(name, wide, disk_dtype=feats.dtype)
+                self._spill.append(name, feats if out is None else wide, disk_dtype=feats.dtype)
             else:
                 self.layers[name].update(feats, labels)
                 self._spill.append(name, feats)
