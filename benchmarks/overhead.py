@@ -135,7 +135,7 @@ def main() -> None:
         key = label(s)
         r = rows[key]
 
-        def med_min(field):
+        def med_min(field, r=r):
             vals = [x[field] / x["forward"] for x in r]
             return statistics.median(vals), min(vals)
 

@@ -264,7 +264,7 @@ def test_replay_in_place_deviations_equal_the_copy_and_forbid_reading_features()
     assert torch.equal(plain.dev, fast.dev) and fast.dev.data_ptr() == rows.data_ptr()
     assert torch.equal(h, torch.as_tensor(x))  # the non-overwriting batch left its features alone
     with pytest.raises(RuntimeError):
-        fast.h
+        _ = fast.h
 
 
 def test_pass_under_inference_mode_then_replay_outside():
