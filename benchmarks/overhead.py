@@ -21,6 +21,21 @@ forward pass of the same batches under ``torch.inference_mode`` run right before
 The report time is split into ``passes`` (``pass_train + pass_test``: forward, statistics, spill and
 replay) and ``fixed`` (``total − load − passes``: metrics, record, bounds — a per-checkpoint cost
 independent of N), both as multiples of the paired forward time.
+
+Measured on the 2-core development machine (7 repeats, medians of ``ratio`` [min]; two runs each,
+before = the code before the small-model work, after = with it):
+
+=========================  ======  =========================  =========================
+setting                    target  before                     after
+=========================  ======  =========================  =========================
+mlp penultimate/none       1.50    2.89 [2.77], 3.03 [2.93]   2.23 [2.16], 2.26 [2.21]
+mlp penultimate/default    2.50    6.38 [6.24], 6.59 [6.22]   4.15 [4.01], 4.26 [4.08]
+mlp all/default            3.00    10.05 [9.66], 9.95 [9.56]  6.33 [5.33], 6.91 [6.46]
+cnn penultimate/none       1.10    1.18 [1.05], 1.14 [1.10]   1.10 [1.06], 1.11 [1.03]
+cnn penultimate/default    1.25    1.52 [1.41], 1.34 [1.09]   1.30 [1.28], 1.33 [1.27]
+=========================  ======  =========================  =========================
+
+(MLP forward ≈ 39 ms, CNN forward 220–340 ms depending on the machine's load.)
 """
 
 from __future__ import annotations
