@@ -240,7 +240,7 @@ def test_non_finite_features_are_caught_from_the_class_sums(bad):
         x[rows[0], 3], x[rows[1], 3] = np.inf, -np.inf
     else:
         x[17, 5] = bad
-    for K in (7, 80):  # one-hot product and index_add
+    for K in (7, 80):  # few and many classes (one-hot counts and scattered counts)
         stats = ClassStats(K, x.shape[1], "none", name="layer3")
         with pytest.raises(StatisticsError, match="layer3"):
             stats.update_means(torch.as_tensor(x), torch.as_tensor(y))
@@ -249,6 +249,10 @@ def test_non_finite_features_are_caught_from_the_class_sums(bad):
 def test_huge_finite_features_are_not_refused():
     x, y = _data(n=300, dtype=np.float64)
     x = x * 1e306  # finite, but the class sums overflow: the exact test decides
+    sums = np.zeros((7, x.shape[1]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.add.at(sums, y, x)
+    assert not np.isfinite(sums).all()  # the premise: the fast test alone would refuse this batch
     stats = ClassStats(7, x.shape[1], "none")
     stats.update_means(torch.as_tensor(x), torch.as_tensor(y))
     assert int(stats.counts.sum()) == 300
@@ -315,3 +319,23 @@ def test_pair_moments_block_accumulation_is_the_full_scatter():
         cov = e.T @ e / len(e)
         np.testing.assert_allclose(m["trace_sq"][c], (cov * cov).sum(), rtol=1e-10)
     np.testing.assert_allclose(PairMoments.from_state(state).moments()["cross"], m["cross"], rtol=1e-12)
+
+
+def test_statistics_do_not_depend_on_the_thread_count():
+    """Sums over samples are taken in fixed row blocks, so one thread and two threads give the same bits
+    (``batch --jobs 2`` workers run with fewer threads than a single process)."""
+    x, y = _data(n=6000, d=160)
+    results = []
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            split = _stream(x, y, 7, 1000, expected_rows=len(y))
+            split.finish(replay_accumulators={"f": {"pm": lambda s: PairMoments(s.means)}})
+            results.append((split.layers["f"].means.clone(), split.layers["f"].sq_dev.clone(), split.projected["f"].within.clone(),
+                            split.extras["f"]["pm"].state()["scatter"].copy()))
+    finally:
+        torch.set_num_threads(saved)
+    (m1, s1, w1, p1), (m2, s2, w2, p2) = results
+    assert torch.equal(m1, m2) and torch.equal(s1, s2) and torch.equal(w1, w2)
+    np.testing.assert_array_equal(p1, p2)

@@ -22,7 +22,21 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Accumulator", "ReplayBatch"]
+__all__ = ["Accumulator", "ReplayBatch", "add_row_products"]
+
+#: rows per product in :func:`add_row_products` (a BLAS call that sums over more rows may split the
+#: sum among its threads, and then its rounding depends on the thread count)
+ROW_BLOCK = 256
+
+
+def add_row_products(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor | None = None) -> torch.Tensor:
+    """out += leftᵀ·right (right = left by default), a sum over the rows taken :data:`ROW_BLOCK` rows at a
+    time in a fixed order, so the result is the same whatever the number of BLAS threads (the
+    statistics of ``--jobs 2`` and of one process agree to the bit)."""
+    right = left if right is None else right
+    for start in range(0, left.shape[0], ROW_BLOCK):
+        out.addmm_(left[start:start + ROW_BLOCK].T, right[start:start + ROW_BLOCK])
+    return out
 
 
 @runtime_checkable

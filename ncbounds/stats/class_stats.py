@@ -116,8 +116,9 @@ class ClassStats:
         x = out.copy_(features) if out is not None else features.to(device=self.means.device, dtype=torch.float64)
         counts, sums = _class_sums(x, labels, self.num_classes, onehot)
         if x.device.type == "cpu":
-            # a NaN/Inf feature makes its class sum (and through 0·Inf the other rows of the one-hot
-            # product) non-finite, so the K×d sums stand for the B×d batch; the exact test confirms
+            # a NaN/Inf feature makes its class's column sum NaN or ±Inf (+Inf and −Inf give NaN, never a
+            # finite value), so the K×d sums stand for the B×d batch; the exact test confirms (finite
+            # features whose sum overflows are not refused)
             if not math.isfinite(float(sums.sum())) and not bool(torch.isfinite(x).all()):
                 self._raise_nonfinite()
         else:
@@ -290,11 +291,11 @@ def one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) -> torc
 
 
 def _class_sums(x: torch.Tensor, y: torch.Tensor, K: int, onehot: torch.Tensor | None = None):
-    """Per-class counts (K,) int64 and sums (K×d) of float64 rows ``x``, without a host sync: a one-hot
-    product (one BLAS call) for few classes, a scatter (index_add, O(B·d) instead of O(B·K·d)) for many."""
-    if onehot is None:
-        onehot = one_hot(y, K, x.dtype)
-    if onehot is not None:
-        return onehot.sum(0).to(torch.int64), onehot.T @ x
-    counts = torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y))
+    """Per-class counts (K,) int64 and sums (K×d) of float64 rows ``x``, without a host sync.
+
+    The sums are a scatter (index_add, rows added in order): unlike a one-hot product over the batch,
+    whose BLAS call may split the sum over rows among threads, it rounds the same whatever the number
+    of threads. ``onehot`` (B×K, optional) gives the counts."""
+    counts = (onehot.sum(0).to(torch.int64) if onehot is not None
+              else torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y)))
     return counts, torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)

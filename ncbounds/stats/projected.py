@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ncbounds.errors import StatisticsError
-from ncbounds.stats.accumulator import ReplayBatch
+from ncbounds.stats.accumulator import ReplayBatch, add_row_products
 
 _EPS = torch.finfo(torch.float64).eps
 
@@ -104,7 +104,7 @@ class ProjectedStats:
         """Accumulate one batch from its :meth:`project` products."""
         y = batch.y
         dev = batch.deviations(self.means)
-        self.within += z.T @ z
+        add_row_products(self.within, z)
         self.sq_dev.index_add_(0, y, batch.sq if dev is batch.dev else torch.linalg.vector_norm(dev, dim=1).square())
         # (μ_j − μ_i)ᵀ dev = (μ̃_j − μ̃_i)ᵀ dev with μ̃ the centered means (the offset cancels exactly)
         diff = proj - proj.gather(1, y.unsqueeze(1))

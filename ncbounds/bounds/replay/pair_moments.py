@@ -31,7 +31,7 @@ import torch
 
 from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
-from ncbounds.stats.accumulator import ReplayBatch
+from ncbounds.stats.accumulator import ReplayBatch, add_row_products
 
 __all__ = ["PAIR_MOMENTS", "PAIR_MOMENTS_BUDGET_BYTES", "PairMoments", "pair_moments_bytes", "pair_moments_factory"]
 
@@ -97,11 +97,7 @@ class PairMoments:
         self.counts += counts_b
         self._moments = None
         self.first.index_add_(0, y, e)
-        onehot = batch.onehot
-        if onehot is not None:  # Σ e‖e‖² per class as one product (no B×d temporary)
-            self.third.addmm_((onehot * sq.unsqueeze(1)).T, e)
-        else:
-            self.third.index_add_(0, y, e * sq.unsqueeze(1))
+        self.third.index_add_(0, y, e * sq.unsqueeze(1))
         self.fourth.index_add_(0, y, sq * sq)
         order = torch.argsort(y, stable=True)
         half = self.dim // 2 if self.dim >= _BLOCK_MIN_DIM else 0
@@ -111,12 +107,12 @@ class PairMoments:
             if half:  # S_c is symmetric: its two diagonal blocks and the upper off-diagonal one (3/4 of the work)
                 left, right = chunk[:, :half], chunk[:, half:]
                 S = self.scatter[c]
-                S[:half, :half].addmm_(left.T, left)
-                S[half:, half:].addmm_(right.T, right)
-                S[:half, half:].addmm_(left.T, right)
+                add_row_products(S[:half, :half], left)
+                add_row_products(S[half:, half:], right)
+                add_row_products(S[:half, half:], left, right)
                 self._lower_stale = True
             else:
-                self.scatter[c].addmm_(chunk.T, chunk)
+                add_row_products(self.scatter[c], chunk)
         return self
 
     def _complete(self) -> None:
