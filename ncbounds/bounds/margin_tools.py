@@ -105,7 +105,22 @@ def gamma_range(margins: np.ndarray) -> tuple[float, float]:
 
 
 def ramp_losses(margins: np.ndarray, gammas: np.ndarray) -> np.ndarray:
-    return np.array([float(np.mean(np.clip(1.0 - margins / g, 0.0, 1.0))) for g in gammas])
+    """The ramp loss (1/m) Σ_i clip(1 − γ_i/γ, 0, 1) at every γ > 0 of ``gammas`` (metrics.margins.ramp_loss).
+
+    From the sorted margins once: with n₀ = #{γ_i ≤ 0} and the k(γ) margins in (0, γ) of sum P(γ),
+    m·ramp(γ) = n₀ + (k·γ − P)/γ — O(m log m + |grid|·log m) instead of O(m·|grid|); the prefix sums
+    round to ≤ ~k·ε·γ, i.e. the loss to ≤ ~2ε absolutely.
+    """
+    srt = np.sort(np.asarray(margins, dtype=np.float64).reshape(-1))
+    gammas = np.asarray(gammas, dtype=np.float64).reshape(-1)
+    m = len(srt)
+    if m == 0:
+        return np.full(len(gammas), np.nan)
+    n0 = int(np.searchsorted(srt, 0.0, side="right"))
+    prefix = np.concatenate([[0.0], np.cumsum(srt[n0:])])  # sums of the positive margins, smallest first
+    k = np.searchsorted(srt, gammas, side="left") - n0  # margins in (0, γ)
+    k = np.clip(k, 0, m - n0)
+    return (n0 + (k * gammas - prefix[k]) / gammas) / m
 
 
 def margin_losses(margins: np.ndarray, gammas: np.ndarray) -> np.ndarray:

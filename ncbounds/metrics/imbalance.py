@@ -262,6 +262,26 @@ def _np(x, dtype):
     return np.asarray(x, dtype=dtype)
 
 
+def _class_medians(values: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Median of ``values`` within each class (NaN for absent classes): one grouping sort of the labels,
+    then a sort of each class's values.
+
+    Bit-for-bit NumPy's ``percentile(v, 50)`` (linear method): the middle order statistic for an odd
+    count, b − (b − a)·0.5 for the two middle ones a ≤ b of an even count (NumPy's interpolation form).
+    """
+    grouped = values[np.argsort(labels, kind="stable")]
+    out = np.full(len(counts), np.nan)
+    start = 0
+    for c, n_c in enumerate(counts):
+        if n_c:
+            srt = np.sort(grouped[start:start + n_c])
+            half = (n_c - 1) // 2
+            a = srt[half]
+            out[c] = a if n_c % 2 else srt[half + 1] - (srt[half + 1] - a) * 0.5
+        start += n_c
+    return out
+
+
 def per_class_breakdown(
     stats: ClassStats,
     labels=None,
@@ -335,6 +355,7 @@ def per_class_breakdown(
         shares = None if shares is None else shares.cpu().numpy()
         ncc_errors = replay.ncc_errors.cpu().numpy()
 
+    medians = _class_medians(marg, y, counts) if marg is not None and y is not None else None
     rows = []
     for c in range(K):
         n_c = int(counts[c])
@@ -349,7 +370,7 @@ def per_class_breakdown(
             "mean_norm": float(mean_norm[c]) if ok else None,
             "classifier_norm": float(w_norm[c]) if w_norm is not None else None,
             "bias": float(bias[c]) if bias is not None else None,
-            "margin_median": float(np.percentile(marg[y == c], 50)) if marg is not None and ok else None,
+            "margin_median": float(medians[c]) if medians is not None and ok else None,
             "ncc_error": float(ncc_errors[c]) / n_c if ncc_errors is not None and ok else None,
             "nc1_share": float(shares[c]) if shares is not None and ok else None,
         }

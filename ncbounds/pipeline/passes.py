@@ -33,7 +33,7 @@ def stream_split(split_name, split, prep, extractor, head, device, opts, referen
     representation are reported once)."""
     K = prep_num_classes(prep, head)
     acc = (MultiLabelSplitStatistics(K, penultimate=PENULTIMATE, rule=opts.ml_decision, device=device) if prep.data.task == "multilabel"
-           else SplitStatistics(K, penultimate=PENULTIMATE, device=device))
+           else SplitStatistics(K, penultimate=PENULTIMATE, device=device, expected_rows=len(split)))
     n_batches = (len(split) + opts.batch_size - 1) // opts.batch_size
     bar = Progress(n_batches, f"{split_name:>5}", enabled=opts.progress and n_batches >= 20)
     pin = device.type == "cuda"

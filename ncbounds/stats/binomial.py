@@ -28,7 +28,7 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 __all__ = [
     "KL_INVERSE_SAFETY",
@@ -131,25 +131,43 @@ def _float(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b, dtype=np.int64).view(np.float64)
 
 
+#: points tried per step of the bracket search (:func:`_bisect_bits`)
+_SEARCH_POINTS = 32
+
+
 def _bisect_bits(q: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                  lo_is_feasible: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Bisect on the int64 image of non-negative floats (monotone) until lo, hi are adjacent floats.
+    """Shrink [lo, hi] on the int64 image of non-negative floats (monotone) until lo, hi are adjacent floats.
 
     Invariant: the end ``lo`` (resp. ``hi``) is feasible (kl ≤ c) when ``lo_is_feasible`` (resp.
-    not), the other end infeasible (kl > c). At most 63 iterations.
+    not), the other end infeasible (kl > c). Each step evaluates the kl at ``_SEARCH_POINTS`` − 1
+    equally spaced floats (by bit pattern) inside the bracket at once and keeps the sub-bracket
+    ending at the first one on the ``hi`` side (a multi-section bisection: ~13 vectorised steps
+    instead of ~63 scalar ones; the same invariant, so the same guarantee).
     """
     lo_b, hi_b = _bits(lo).copy(), _bits(hi).copy()
+    qc = np.asarray(q, np.float64).reshape(-1, 1)
+    cc = np.asarray(c, np.float64).reshape(-1, 1)
+    k = np.arange(1, _SEARCH_POINTS, dtype=np.int64)
     for _ in range(70):
         gap = hi_b - lo_b
         active = gap > 1
         if not np.any(active):
             break
-        mid_b = lo_b + gap // 2
-        mid = _float(mid_b)
-        feasible = _kl_array(q, mid) <= c
-        go_lo = feasible if lo_is_feasible else ~feasible  # mid becomes the new lo
-        lo_b = np.where(active & go_lo, mid_b, lo_b)
-        hi_b = np.where(active & ~go_lo, mid_b, hi_b)
+        step = np.maximum(gap // _SEARCH_POINTS, 1)
+        cand = lo_b[:, None] + step[:, None] * k[None, :]  # no overflow: step·(M − 1) < gap
+        inside = cand < hi_b[:, None]
+        cand = np.where(inside, cand, hi_b[:, None])
+        feasible = _kl_array(qc, _float(cand)) <= cc
+        go_lo = (feasible if lo_is_feasible else ~feasible) & inside  # candidates that may become the new lo
+        first_hi = np.argmin(go_lo, axis=1)  # the first candidate on the hi side (argmin of bools: first False)
+        none_hi = go_lo.all(axis=1)
+        rows = np.arange(len(lo_b))
+        new_hi = np.where(none_hi, hi_b, cand[rows, first_hi])
+        prev = np.where(first_hi > 0, cand[rows, np.maximum(first_hi - 1, 0)], lo_b)
+        new_lo = np.where(none_hi, cand[rows, -1], prev)
+        lo_b = np.where(active, new_lo, lo_b)
+        hi_b = np.where(active, new_hi, hi_b)
     return _float(lo_b), _float(hi_b)
 
 
@@ -239,7 +257,9 @@ def clopper_pearson(
 ) -> tuple[Any, Any]:
     """Exact (Clopper–Pearson) binomial confidence interval (lo, hi) for p from k successes in n.
 
-    Formulas (B(a, b) the Beta quantile function, ``scipy.stats.beta.ppf``):
+    Formulas (B(a, b) the Beta quantile function: the inverse regularized incomplete beta function
+    ``scipy.special.betaincinv(a, b, ·)``, the values of ``scipy.stats.beta.ppf`` without its
+    per-call argument handling, which costs ~50× more):
       - 'two-sided' (level 1−α): lo = B(α/2; k, n−k+1), hi = B(1−α/2; k+1, n−k);
       - 'upper' (one-sided, level 1−α): lo = 0, hi = B(1−α; k+1, n−k);
       - 'lower' (one-sided, level 1−α): lo = B(α; k, n−k+1), hi = 1.
@@ -263,11 +283,11 @@ def clopper_pearson(
     if a_lo is None:
         lo = np.zeros_like(ka)
     else:
-        lo = np.where(ka > 0, stats.beta.ppf(a_lo, np.maximum(ka, 1.0), na - ka + 1.0), 0.0)
+        lo = np.where(ka > 0, special.betaincinv(np.maximum(ka, 1.0), na - ka + 1.0, a_lo), 0.0)
     if a_hi is None:
         hi = np.ones_like(ka)
     else:
-        hi = np.where(ka < na, stats.beta.ppf(1.0 - a_hi, ka + 1.0, np.maximum(na - ka, 1.0)), 1.0)
+        hi = np.where(ka < na, special.betaincinv(ka + 1.0, np.maximum(na - ka, 1.0), 1.0 - a_hi), 1.0)
     scalar = np.ndim(k) == 0 and np.ndim(n) == 0
     return _out(np.asarray(lo, np.float64), scalar), _out(np.asarray(hi, np.float64), scalar)
 

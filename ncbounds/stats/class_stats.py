@@ -87,6 +87,61 @@ class ClassStats:
             )
         x = x.to(device=self.means.device, dtype=torch.float64)
         y = y.to(device=self.means.device, dtype=torch.int64).reshape(-1)
+        self._check_batch_finite(x)
+        batch = ClassStats._from_batch(x, y, self.num_classes, self.scatter_mode)
+        return self.merge(batch)
+
+    def update_means(self, features: torch.Tensor, labels: torch.Tensor, onehot: torch.Tensor | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+        """Add a batch to the counts and means only; returns the batch's features in float64.
+
+        The fast path of a pass that is followed by a replay (:class:`~ncbounds.stats.split.SplitStatistics`):
+        the within-class spread is then summed from exact deviations to the *final* means in the replay
+        (the classical two-pass algorithm, no cancellation either) and handed over with
+        :meth:`set_spread`; until then ``sq_dev`` is NaN. Means are still merged with the Chan et al.
+        update. ``labels`` must already be int64 in 0..K−1 on this device (the caller checks them
+        once per batch for all layers); ``onehot`` (B×K float64, optional) is their one-hot matrix,
+        shared by the layers of one batch. ``out`` (B×d float64, optional) receives the float64
+        features (e.g. rows of a preallocated store) instead of a new tensor.
+        """
+        if self.scatter_mode != "none":
+            raise StatisticsError("update_means() keeps no scatter matrices; use update() with scatter_mode "
+                                  f"{self.scatter_mode!r}.")
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise StatisticsError(
+                f"layer {self.name} gave features of shape {tuple(features.shape)}, expected (batch, {self.dim})."
+            )
+        if features.shape[0] == 0:
+            return features.to(torch.float64)
+        x = out.copy_(features) if out is not None else features.to(device=self.means.device, dtype=torch.float64)
+        counts, sums = _class_sums(x, labels, self.num_classes, onehot)
+        if x.device.type == "cpu":
+            # a NaN/Inf feature makes its class's column sum NaN or ±Inf (+Inf and −Inf give NaN, never a
+            # finite value), so the K×d sums stand for the B×d batch; the exact test confirms (finite
+            # features whose sum overflows are not refused)
+            if not math.isfinite(float(sums.sum())) and not bool(torch.isfinite(x).all()):
+                self._raise_nonfinite()
+        else:
+            self._check_batch_finite(x)
+        # Chan et al.'s update of the means (as in merge()): μ = μ_a + δ·n_b/n, δ = μ_b − μ_a
+        n_b = counts.to(torch.float64)
+        n = (self.counts + counts).to(torch.float64)
+        delta = sums / n_b.clamp(min=1.0).unsqueeze(1) - self.means
+        self.means = self.means + delta * (n_b / n.clamp(min=1.0)).unsqueeze(1)
+        self.counts = self.counts + counts
+        if not self.spread_pending:
+            self.sq_dev = torch.full_like(self.sq_dev, float("nan"))
+            self.spread_pending = True
+        return x
+
+    def set_spread(self, sq_dev: torch.Tensor) -> ClassStats:
+        """Install Σ_{i∈c} ‖h_i − μ_c‖² (K,) computed by an exact second pass over the data of
+        :meth:`update_means` around the final means (ends the pending state)."""
+        self.sq_dev = sq_dev.to(device=self.means.device, dtype=torch.float64).clone()
+        self.spread_pending = False
+        return self
+
+    def _check_batch_finite(self, x: torch.Tensor) -> None:
         if x.device.type == "cpu":
             # one reduction instead of an elementwise test: the sum is finite unless an entry is NaN/Inf
             # (or the sum overflows, in which case the exact test decides)
@@ -95,8 +150,6 @@ class ClassStats:
         else:  # on a GPU the check is deferred to check_finite(): no host synchronisation per batch
             finite = torch.isfinite(x).all()
             self._nonfinite = ~finite if self._nonfinite is None else self._nonfinite | ~finite
-        batch = ClassStats._from_batch(x, y, self.num_classes, self.scatter_mode)
-        return self.merge(batch)
 
     def _raise_nonfinite(self):
         raise StatisticsError(
@@ -116,15 +169,7 @@ class ClassStats:
         out = cls.__new__(cls)
         out.num_classes, out.dim, out.scatter_mode, out.name = K, x.shape[1], mode, "batch"
         out._nonfinite = None
-        # class sums without a host sync: a one-hot product (one BLAS call) for few classes, a scatter
-        # (index_add, O(B·d) instead of O(B·K·d)) for many
-        if K <= 64:
-            onehot = torch.nn.functional.one_hot(y, K).to(x.dtype)  # (B, K)
-            counts = onehot.sum(0).to(torch.int64)
-            sums = onehot.T @ x
-        else:
-            counts = torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y))
-            sums = torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
+        counts, sums = _class_sums(x, y, K)
         means = sums / counts.clamp(min=1).unsqueeze(1)
         dev = x - means[y]
         out.counts, out.means = counts, means
@@ -170,6 +215,8 @@ class ClassStats:
             flag = other._nonfinite.to(self.means.device)
             self._nonfinite = flag if self._nonfinite is None else self._nonfinite | flag
         return self
+
+    spread_pending = False
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -227,3 +274,28 @@ class ClassStats:
 
     def __repr__(self) -> str:
         return f"ClassStats(name={self.name!r}, K={self.num_classes}, d={self.dim}, N={self.total}, {self.scatter_mode})"
+
+
+#: up to this many classes, class sums are one BLAS product with the one-hot label matrix
+ONEHOT_MAX_CLASSES = 64
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor | None:
+    """B×K one-hot matrix of int64 ``labels`` (in 0..K−1, not checked) in ``dtype`` when K ≤
+    :data:`ONEHOT_MAX_CLASSES`, else None."""
+    if num_classes > ONEHOT_MAX_CLASSES:
+        return None
+    # a scatter of ones (torch's one_hot would also scan the labels for their range: they are checked already)
+    out = torch.zeros(labels.shape[0], num_classes, dtype=dtype, device=labels.device)
+    return out.scatter_(1, labels.reshape(-1, 1), 1.0)
+
+
+def _class_sums(x: torch.Tensor, y: torch.Tensor, K: int, onehot: torch.Tensor | None = None):
+    """Per-class counts (K,) int64 and sums (K×d) of float64 rows ``x``, without a host sync.
+
+    The sums are a scatter (index_add, rows added in order): unlike a one-hot product over the batch,
+    whose BLAS call may split the sum over rows among threads, it rounds the same whatever the number
+    of threads. ``onehot`` (B×K, optional) gives the counts."""
+    counts = (onehot.sum(0).to(torch.int64) if onehot is not None
+              else torch.zeros(K, dtype=torch.int64, device=x.device).index_add_(0, y, torch.ones_like(y)))
+    return counts, torch.zeros(K, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)

@@ -9,6 +9,8 @@ because margin percentiles and the ramp loss L̂_γ of the margin bounds need th
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -33,6 +35,8 @@ class LogitStats:
         self._predictions: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         self._nonfinite: torch.Tensor | None = None
+        #: the decisions of the latest batch (argmax of its logits)
+        self.last_predictions: torch.Tensor | None = None
 
     def update(self, logits, labels) -> LogitStats:
         """Add a batch of logits (B, K) with integer labels (B,)."""
@@ -42,11 +46,12 @@ class LogitStats:
                 f"the model returned outputs of shape {tuple(z.shape)}, expected (batch, {self.num_classes}); "
                 f"check --arch / num_classes."
             )
-        finite = torch.isfinite(z).all()
         if z.device.type == "cpu":
-            if not bool(finite):
+            # one reduction: the sum is finite unless an entry is NaN/Inf (or it overflows: then the exact test)
+            if not math.isfinite(float(z.sum())) and not bool(torch.isfinite(z).all()):
                 self._raise_nonfinite()
         else:  # deferred on a GPU: no host synchronisation per batch
+            finite = torch.isfinite(z).all()
             self._nonfinite = ~finite if self._nonfinite is None else self._nonfinite | ~finite
         labels = torch.as_tensor(labels, device=z.device).reshape(-1).to(torch.int64)
         margin, pred = margins_and_predictions(z, labels)
@@ -54,6 +59,7 @@ class LogitStats:
         self._margins.append(margin)
         self._predictions.append(pred)
         self._labels.append(labels)
+        self.last_predictions = pred
         return self
 
     @staticmethod

@@ -12,6 +12,7 @@ features accumulates, with deviations taken from the exact final means (so nothi
 
     within[a, b] = Σ_i q_aᵀ(h_i − μ_{y_i}) · q_bᵀ(h_i − μ_{y_i})          (r×r, = Qᵀ S_W Q)
     pair_forms[i, j] = Σ_{x∈i} ((μ_j − μ_i)ᵀ(x − μ_i))²                  (K×K)
+    sq_dev[c] = Σ_{x∈c} ‖x − μ_c‖²                                      (K, the classical two-pass spread)
 
 in O(B·K·d) per batch and O(K² + d·K) memory — instead of d×d or K·d² scatter matrices. Replays of
 shards with the same final means merge by addition.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from ncbounds.errors import StatisticsError
+from ncbounds.stats.accumulator import ReplayBatch, add_row_products
 
 _EPS = torch.finfo(torch.float64).eps
 
@@ -63,6 +65,10 @@ class ProjectedStats:
         self.within = torch.zeros(r, r, dtype=torch.float64, device=self.means.device)
         self.pair_forms = torch.zeros(K, K, dtype=torch.float64, device=self.means.device)
         self.n = 0
+        #: (K,) Σ_{i∈c} ‖h_i − μ_c‖², the within-class spread around the final means (exact deviations)
+        self.sq_dev = torch.zeros(K, dtype=torch.float64, device=self.means.device)
+        # one product gives both the span coordinates and the projections on the centered means
+        self._rhs = torch.cat([self.basis, self.centered.T], dim=1)
         #: (K,) Σ_{i∈c} (h_i − μ_c)ᵀ(M̃ᵀM̃)⁺(h_i − μ_c) when ``per_class`` and M̃ has a rank, else None
         self.class_terms: torch.Tensor | None = None
         self._class_map: torch.Tensor | None = None
@@ -73,13 +79,34 @@ class ProjectedStats:
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> ProjectedStats:
         """Add a batch of the same split whose final means were given."""
-        h = features.to(device=self.means.device, dtype=torch.float64)
-        y = labels.to(device=self.means.device, dtype=torch.int64).reshape(-1)
-        dev = h - self.means[y]
-        z = dev @ self.basis
-        self.within += z.T @ z
+        return self.update_batch(ReplayBatch(features, labels, self.means))
+
+    def update_batch(self, batch: ReplayBatch) -> ProjectedStats:
+        """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` (deviations shared)."""
+        z, proj, _ = self.project(batch)
+        return self.add(batch, z, proj)
+
+    def extra_columns(self, columns: torch.Tensor | None) -> ProjectedStats:
+        """Append d×m ``columns`` to the product of :meth:`project` (e.g. the NCC reference's centred
+        means, so the replay multiplies each batch once); None removes them."""
+        cols = [self.basis, self.centered.T] + ([] if columns is None else [columns.to(self.basis)])
+        self._rhs = torch.cat(cols, dim=1)
+        return self
+
+    def project(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One product of the deviations h_i − μ_{y_i}: span coordinates (B×r), projections on the centred
+        means (B×K) and on the :meth:`extra_columns` (B×m, None without them)."""
+        r, K = self.basis.shape[1], self.means.shape[0]
+        both = batch.deviations(self.means) @ self._rhs
+        return both[:, :r], both[:, r:r + K], (both[:, r + K:] if both.shape[1] > r + K else None)
+
+    def add(self, batch: ReplayBatch, z: torch.Tensor, proj: torch.Tensor) -> ProjectedStats:
+        """Accumulate one batch from its :meth:`project` products."""
+        y = batch.y
+        dev = batch.deviations(self.means)
+        add_row_products(self.within, z)
+        self.sq_dev.index_add_(0, y, batch.sq if dev is batch.dev else torch.linalg.vector_norm(dev, dim=1).square())
         # (μ_j − μ_i)ᵀ dev = (μ̃_j − μ̃_i)ᵀ dev with μ̃ the centered means (the offset cancels exactly)
-        proj = dev @ self.centered.T
         diff = proj - proj.gather(1, y.unsqueeze(1))
         self.pair_forms.index_add_(0, y, diff * diff)
         if self._class_map is not None:
@@ -94,6 +121,7 @@ class ProjectedStats:
             raise StatisticsError("projected statistics can only be merged when computed with the same final class means.")
         self.within += other.within.to(self.within.device)
         self.pair_forms += other.pair_forms.to(self.pair_forms.device)
+        self.sq_dev += other.sq_dev.to(self.sq_dev.device)
         if self.class_terms is not None and other.class_terms is not None:
             self.class_terms += other.class_terms.to(self.class_terms.device)
         self.n += other.n

@@ -154,9 +154,12 @@ class AffineRule:
         """t_{y_n, j}(x_n) (B×K): sign of the margin, |t| ≤ ‖w_{y_n} − w_j‖; 0 on degenerate pairs."""
         x = _as_f64(features, self.weight.device) - self.center
         y = torch.as_tensor(labels).to(device=self.weight.device, dtype=torch.int64).reshape(-1)
-        G = x @ self.weight.T + self.bias
+        return self.values_from_scores(x @ self.weight.T + self.bias, x.norm(dim=1, keepdim=True), y)
+
+    def values_from_scores(self, G: torch.Tensor, x_norm: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`values` from the scores G = W(x − o) + b' (B×K) and ‖x − o‖ (B×1) of int64 labels ``y``."""
         g = G.gather(1, y.unsqueeze(1)) - G
-        denom = x.norm(dim=1, keepdim=True) + self.offset[y]
+        denom = x_norm + self.offset[y]
         pos = denom > 0
         t = torch.where(pos, g / torch.where(pos, denom, torch.ones_like(denom)), torch.zeros_like(g))
         R = self.dw_norm[y]
@@ -226,10 +229,43 @@ class DecisionAxisStats:
         K = self.num_classes
         if int(y.min()) < 0 or int(y.max()) >= K:
             raise StatisticsError(f"labels must lie in 0..{K - 1} for the decision-axis replay.")
-        counts_b = torch.bincount(y, minlength=K)
-        n_b = counts_b.to(_F64).unsqueeze(1)
+        return self._add(x, y, torch.bincount(y, minlength=K))
+
+    def update_batch(self, batch) -> DecisionAxisStats:
+        """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` of checked labels."""
+        if batch.h.shape[1] != self.dim:
+            raise StatisticsError(f"decision-axis replay got features of shape {tuple(batch.h.shape)}, expected (batch, {self.dim}).")
+        if batch.y.numel() == 0:
+            return self
+        return self._add(batch.h, batch.y, batch.counts)
+
+    def _scores(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per rule the scores W(x − o) + b' and ‖x − o‖: one centred copy and one norm per distinct centre,
+        and one product for the rules that share a centre."""
+        groups: list[tuple[torch.Tensor, list[str]]] = []
         for name, rule in self.rules.items():
-            t = rule.values(x, y)
+            for center, names in groups:
+                if center is rule.center or torch.equal(center, rule.center):
+                    names.append(name)
+                    break
+            else:
+                groups.append((rule.center, [name]))
+        out = {}
+        for center, names in groups:
+            xc = x - center
+            norm = torch.linalg.vector_norm(xc, dim=1, keepdim=True)
+            weights = torch.cat([self.rules[n].weight for n in names]) if len(names) > 1 else self.rules[names[0]].weight
+            scores = xc @ weights.T
+            K = self.num_classes
+            for i, n in enumerate(names):
+                out[n] = (scores[:, i * K:(i + 1) * K] + self.rules[n].bias, norm)
+        return out
+
+    def _add(self, x: torch.Tensor, y: torch.Tensor, counts_b: torch.Tensor) -> DecisionAxisStats:
+        K = self.num_classes
+        n_b = counts_b.to(_F64).unsqueeze(1)
+        for name, (G, x_norm) in self._scores(x).items():
+            t = self.rules[name].values_from_scores(G, x_norm, y)
             mean_b = torch.zeros(K, K, dtype=_F64, device=self.device).index_add_(0, y, t) / n_b.clamp(min=1.0)
             dev = t - mean_b[y]
             m2_b = torch.zeros(K, K, dtype=_F64, device=self.device).index_add_(0, y, dev * dev)

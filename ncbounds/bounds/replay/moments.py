@@ -21,6 +21,7 @@ import torch
 
 from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
+from ncbounds.stats.accumulator import ReplayBatch
 from ncbounds.stats.class_stats import ClassStats
 
 
@@ -31,6 +32,9 @@ class ClassMoments:
     statistics were given. :meth:`fourth_moment` returns M4_c = (1/n_c)·Σ‖x − μ_c‖⁴ (the plain
     sample mean, as in the authors' reference code of Luthra et al. 2026).
     """
+
+    #: fed through ``update_batch``, it reads only the deviations from the split's own final means
+    reads_only_deviations = True
 
     def __init__(self, stats: ClassStats) -> None:
         self.means = stats.means.detach().to(torch.float64).clone()
@@ -57,9 +61,15 @@ class ClassMoments:
             return self
         if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
             raise StatisticsError(f"moment replay got labels outside 0..{self.num_classes - 1}.")
-        dev = h - self.means[y]
-        r2 = (dev * dev).sum(1)
-        self.counts += torch.bincount(y, minlength=self.num_classes)
+        return self.update_batch(ReplayBatch(h, y, self.means))
+
+    def update_batch(self, batch: ReplayBatch) -> ClassMoments:
+        """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` of checked labels
+        (the deviations and their squared norms are shared with the other replay accumulators)."""
+        dev = batch.deviations(self.means)
+        r2 = batch.sq if dev is batch.dev else torch.linalg.vector_norm(dev, dim=1).square()
+        y = batch.y
+        self.counts += batch.counts
         self.sum_sq.index_add_(0, y, r2)
         self.sum_fourth.index_add_(0, y, r2 * r2)
         return self

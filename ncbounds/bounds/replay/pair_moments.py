@@ -31,11 +31,13 @@ import torch
 
 from ncbounds.bounds.base import ReplayInfo, ReplayRequest
 from ncbounds.errors import StatisticsError
+from ncbounds.stats.accumulator import ReplayBatch, add_row_products
 
 __all__ = ["PAIR_MOMENTS", "PAIR_MOMENTS_BUDGET_BYTES", "PairMoments", "pair_moments_bytes", "pair_moments_factory"]
 
 PAIR_MOMENTS_BUDGET_BYTES = 512 * 2**20
 _F64 = torch.float64
+_BLOCK_MIN_DIM = 128  # from this feature dimension on, S_c is accumulated by blocks (symmetry)
 
 
 def pair_moments_bytes(num_classes: int, dim: int) -> int:
@@ -45,6 +47,9 @@ def pair_moments_bytes(num_classes: int, dim: int) -> int:
 
 class PairMoments:
     """Replay accumulator of per-class second, third and fourth moments around fixed class means."""
+
+    #: fed through ``update_batch``, it reads only the deviations from the split's own final means
+    reads_only_deviations = True
 
     def __init__(self, means: Any) -> None:
         self.means = torch.as_tensor(means).to(_F64)
@@ -57,6 +62,8 @@ class PairMoments:
         self.first = torch.zeros(K, d, **f64)
         self.third = torch.zeros(K, d, **f64)
         self.fourth = torch.zeros(K, **f64)
+        self._moments: dict[str, np.ndarray] | None = None  # memo of moments(), cleared by update/merge
+        self._lower_stale = False  # the lower off-diagonal block of the scatter lags behind (see _complete)
 
     @property
     def num_classes(self) -> int:
@@ -78,24 +85,51 @@ class PairMoments:
         K = self.num_classes
         if int(y.min()) < 0 or int(y.max()) >= K:
             raise StatisticsError(f"labels must lie in 0..{K - 1} for the pair-moment replay.")
-        e = x - self.means[y]
-        sq = (e * e).sum(1)
-        counts_b = torch.bincount(y, minlength=K)
+        return self.update_batch(ReplayBatch(x, y, self.means))
+
+    def update_batch(self, batch: ReplayBatch) -> PairMoments:
+        """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` of checked labels
+        (the deviations and their squared norms are shared with the other replay accumulators)."""
+        e = batch.deviations(self.means)
+        sq = batch.sq if e is batch.dev else torch.linalg.vector_norm(e, dim=1).square()
+        y = batch.y
+        counts_b = batch.counts
         self.counts += counts_b
+        self._moments = None
         self.first.index_add_(0, y, e)
         self.third.index_add_(0, y, e * sq.unsqueeze(1))
         self.fourth.index_add_(0, y, sq * sq)
         order = torch.argsort(y, stable=True)
-        for c, chunk in enumerate(torch.split(e[order], counts_b.tolist())):
-            if chunk.shape[0]:
-                self.scatter[c] += chunk.T @ chunk
+        half = self.dim // 2 if self.dim >= _BLOCK_MIN_DIM else 0
+        for c, chunk in enumerate(torch.split(e.index_select(0, order), counts_b.tolist())):
+            if not chunk.shape[0]:
+                continue
+            if half:  # S_c is symmetric: its two diagonal blocks and the upper off-diagonal one (3/4 of the work)
+                left, right = chunk[:, :half], chunk[:, half:]
+                S = self.scatter[c]
+                add_row_products(S[:half, :half], left)
+                add_row_products(S[half:, half:], right)
+                add_row_products(S[:half, half:], left, right)
+                self._lower_stale = True
+            else:
+                add_row_products(self.scatter[c], chunk)
         return self
+
+    def _complete(self) -> None:
+        """Copy the upper off-diagonal block into the lower one (which the block updates leave stale)."""
+        if self._lower_stale:
+            half = self.dim // 2
+            self.scatter[:, half:, :half] = self.scatter[:, :half, half:].transpose(1, 2)
+            self._lower_stale = False
 
     def merge(self, other: PairMoments) -> PairMoments:
         """Add another shard's replay; both must use the same class means."""
         if not torch.equal(self.means, other.means.to(self.means.device)):
             raise StatisticsError("pair moments can only be merged when computed with the same final class means.")
         dev = self.means.device
+        self._moments = None
+        self._complete()
+        other._complete()
         self.counts += other.counts.to(dev)
         self.scatter += other.scatter.to(dev)
         self.first += other.first.to(dev)
@@ -116,14 +150,22 @@ class PairMoments:
         tr Σ_c² = ‖Σ_c‖_F² (K), ``cross`` tr(Σ_i Σ_j) (K×K), ``quad`` (μ_i − μ_j)ᵀ Σ_i (μ_i − μ_j) (K×K,
         covariance of the row class), ``third`` τ_c = E[e‖e‖²] (K×d), ``third_pair`` (μ_i − μ_j)ᵀ τ_j
         (K×K, third moment of the column class), ``fourth`` κ_c = E‖e‖⁴ (K), ``sq_dist`` ‖μ_i − μ_j‖² (K×K).
+
+        Computed once per state (the bounds that read them share it); each call returns fresh copies.
         """
+        if self._moments is None:
+            self._moments = self._compute_moments()
+        return {key: value.copy() for key, value in self._moments.items()}
+
+    def _compute_moments(self) -> dict[str, np.ndarray]:
+        self._complete()
         K, d = self.num_classes, self.dim
         n = self.counts.to(_F64)
         present = n > 0
         nan = float("nan")
         safe = n.clamp(min=1.0)
-        cov = self.scatter / safe.view(-1, 1, 1)
-        cov = 0.5 * (cov + cov.transpose(1, 2))
+        # symmetrised covariance (S + Sᵀ)/(2 n_c): one transposed read, scaled in place
+        cov = torch.add(self.scatter, self.scatter.transpose(1, 2)).mul_((0.5 / safe).view(-1, 1, 1))
         # centre the means (differences are translation invariant; smaller numbers, less cancellation)
         mu = self.means - (self.means[present].mean(0) if bool(present.any()) else 0.0)
         flat = cov.reshape(K, d * d)
@@ -141,7 +183,7 @@ class PairMoments:
             "present": present.cpu().numpy(),
             "means": self.means.cpu().numpy(),
             "trace": torch.diagonal(cov, dim1=1, dim2=2).sum(1).cpu().numpy(),
-            "trace_sq": (flat * flat).sum(1).cpu().numpy(),
+            "trace_sq": torch.diagonal(cross).cpu().numpy(),  # ‖Σ_c‖_F² = ⟨Σ_c, Σ_c⟩
             "cross": cross.cpu().numpy(),
             "quad": quad.cpu().numpy(),
             "third": tau.cpu().numpy(),
@@ -160,6 +202,7 @@ class PairMoments:
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays describing the accumulator (for shipping between processes)."""
+        self._complete()
         return {key: getattr(self, key).cpu().numpy() for key in ("means", "counts", "scatter", "first", "third", "fourth")}
 
     @classmethod
@@ -169,6 +212,7 @@ class PairMoments:
         out.counts = torch.as_tensor(np.asarray(state["counts"]), dtype=torch.int64)
         for key in ("scatter", "first", "third", "fourth"):
             setattr(out, key, torch.as_tensor(np.asarray(state[key]), dtype=_F64))
+        out._moments = None
         return out
 
     def __repr__(self) -> str:
