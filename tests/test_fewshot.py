@@ -185,7 +185,7 @@ def test_ncc_error_matches_brute_force():
     res = ncc_error(xtr, ytr, xte, yte)
     classes = np.unique(ytr)
     mus = {c: xtr[ytr == c].mean(0) for c in classes}
-    errors = sum(int(min(classes, key=lambda c: np.sum((x - mus[c]) ** 2)) != t) for x, t in zip(xte, yte))
+    errors = sum(int(min(classes, key=lambda c: np.sum((x - mus[c]) ** 2)) != t) for x, t in zip(xte, yte, strict=True))
     assert res["errors"] == errors and res["n"] == 200 and res["error"] == errors / 200
     lo = stats.beta.ppf(0.025, errors, 200 - errors + 1)
     hi = stats.beta.ppf(0.975, errors + 1, 200 - errors)

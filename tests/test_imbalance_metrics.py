@@ -289,7 +289,7 @@ def test_per_class_breakdown_matches_reference_train_and_test():
         rows = per_class_breakdown(st, logits.labels, logits.predictions, logits.margins, W, b, replay)
         ref, pred, _ = ref_per_class(feats, labels, K, W, b, train_means.numpy())
         assert len(rows) == K
-        for got, want in zip(rows, ref):
+        for got, want in zip(rows, ref, strict=True):
             assert got["class"] == want["class"] and got["n"] == want["n"] and got["errors"] == want["errors"]
             for key in ("error", "variability", "mean_norm", "classifier_norm", "bias", "margin_median", "ncc_error", "nc1_share"):
                 assert got[key] == pytest.approx(want[key], rel=TOL, abs=1e-12), key

@@ -152,7 +152,7 @@ def test_accumulator_counts_means_and_pairs():
     assert s.total == len(h)
     pairs, counts, means = s.pair_table()
     assert [tuple(p) for p in pairs] == [(0, 1), (0, 4), (1, 3), (2, 4)]
-    for (a, b), n, mean in zip(pairs, counts, means):
+    for (a, b), n, mean in zip(pairs, counts, means, strict=True):
         rows = h[(m == 2) & (T[:, a] == 1) & (T[:, b] == 1)]
         assert int(n) == len(rows)
         assert np.allclose(mean.numpy(), rows.mean(0), rtol=0, atol=1e-12)
@@ -259,7 +259,7 @@ def test_ml_pair_angle_zero_under_collapse_and_rising_with_noise():
     assert abs(ml_pair_angle(stream_ml(h0 - offset, T), centered=False)) < 1e-12
     values = [ml_pair_angle(stream_ml(h0 + sigma * E, T)) for sigma in (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)]
     assert values[0] < 1e-12
-    assert all(b > a for a, b in zip(values, values[1:])), values
+    assert all(b > a for a, b in zip(values, values[1:], strict=False)), values
 
 
 def test_ml_pair_angle_undefined_cases():

@@ -207,7 +207,8 @@ def test_split_certificate_covers_the_population_error_of_a_fixed_head_and_ncc()
         y = rng.choice(2, size=n, p=pi)
         x = mu[y] + sigma * rng.normal(size=(n, d))
         test = ClassStats(2, d, "none").update(x, y)
-        info = ReplayInfo("test", head=(torch.as_tensor(W), torch.as_tensor(b)), reference_means=train.means, reference_present=train.counts > 0)
+        info = ReplayInfo("test", head=(torch.as_tensor(W), torch.as_tensor(b)), reference_means=train.means,
+                          reference_present=train.counts > 0)
         das = _feed(decision_axes_factory(test, info), x, y, rng, max_batch=n)  # centre: mean of the training means
         ctx = _context(2, train, test, {"decision_axes": das}, delta=delta, head=info.head)
         r_head, r_ncc = nc.nc_split_certificate(ctx), nc.nc_split_certificate_ncc(ctx)
@@ -267,7 +268,8 @@ def test_ncc_certificate_with_a_class_absent_from_training():
     y = rng.integers(0, K, n)
     x = mu[y] + rng.normal(size=(n, d))
     test = ClassStats(K, d, "none").update(x, y)
-    with_mask = decision_axes_factory(test, ReplayInfo("test", reference_means=train.means, reference_present=train.counts > 0)).update(x, y)
+    info = ReplayInfo("test", reference_means=train.means, reference_present=train.counts > 0)
+    with_mask = decision_axes_factory(test, info).update(x, y)
     rule = with_mask.rules["ncc"]
     assert rule.active.tolist() == [True, True, False]
     tab = nc.split_certificate(with_mask, "ncc", 0.05)

@@ -115,7 +115,8 @@ def test_union_bound_over_grid_is_paid():
     grid = (1.0, 0.3, good, 0.03, 0.01, 0.003)
     G = len(grid)
     full = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05, bound={"pacbayes_gauss": {"sigma_grid": grid}}))
-    single_at_delta_over_G = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05 / G, bound={"pacbayes_gauss": {"sigma_grid": (good,)}}))
+    single_at_delta_over_G = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05 / G,
+                                                      bound={"pacbayes_gauss": {"sigma_grid": (good,)}}))
     single_at_delta = pacbayes_gauss(make_ctx(model, FakeOracle(rate), delta=0.05, bound={"pacbayes_gauss": {"sigma_grid": (good,)}}))
     assert full.details["sigma"] == good
     assert full.value == pytest.approx(single_at_delta_over_G.value, rel=1e-12)

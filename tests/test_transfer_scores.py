@@ -88,7 +88,7 @@ def ref_logme_paper(f, y):
         yy = (y == c).astype(float)
         fy = f.T @ yy
 
-        def stats(t):
+        def stats(t, fy=fy, yy=yy):
             m = np.linalg.solve(G + t * np.eye(D), fy)
             gamma = np.trace(np.linalg.solve(G + t * np.eye(D), G))
             return m @ m, np.sum((f @ m - yy) ** 2), gamma
@@ -313,7 +313,7 @@ class RefSFDA:
         means /= cnt[:, None]
         self.means_ = means
         cov = np.zeros((X.shape[1], X.shape[1]))
-        for idx, group in enumerate(classes):
+        for idx in range(len(classes)):
             cov += self.priors_[idx] * np.atleast_2d(_ref_cov(X[yi == idx, :]))
         Sw = cov
         if self.shrinkage is None:

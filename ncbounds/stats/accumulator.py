@@ -122,6 +122,31 @@ class ReplayBatch:
             self._sq = torch.linalg.vector_norm(self.dev, dim=1).square()
         return self._sq
 
+    @classmethod
+    def checked(cls, features: Any, labels: Any, means: torch.Tensor, what: str) -> ReplayBatch | None:
+        """A batch from user-facing ``update(features, labels)`` arguments, after checking the shape
+        (B×d with B labels, d = the means' width) and the label range 0..K−1 (one sentence naming
+        ``what`` otherwise); None for an empty batch."""
+        from ncbounds.errors import StatisticsError
+
+        h = torch.as_tensor(features)
+        y = torch.as_tensor(labels).to(device=means.device, dtype=torch.int64).reshape(-1)
+        K, d = int(means.shape[0]), int(means.shape[1])
+        if h.ndim != 2 or h.shape[1] != d or h.shape[0] != y.numel():
+            raise StatisticsError(f"{what} got features of shape {tuple(h.shape)} with {y.numel()} labels, "
+                                  f"expected (batch, {d}) with one label per row.")
+        if y.numel() == 0:
+            return None
+        if int(y.min()) < 0 or int(y.max()) >= K:
+            raise StatisticsError(f"{what} got labels outside 0..{K - 1}.")
+        return cls(h, y, means)
+
+    def deviations_and_norms(self, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_i − m_{y_i}, ‖h_i − m_{y_i}‖²) for class means ``means``: the shared :attr:`dev` and
+        :attr:`sq` when they are the split's final means."""
+        dev = self.deviations(means)
+        return dev, (self.sq if dev is self._dev else torch.linalg.vector_norm(dev, dim=1).square())
+
     def deviations(self, means: torch.Tensor) -> torch.Tensor:
         """h_i − m_{y_i} for class means ``means`` (K×d): :attr:`dev` when they are the split's final means."""
         if means is self.means or (means.shape == self.means.shape and torch.equal(means, self.means)):

@@ -103,9 +103,8 @@ class ProjectedStats:
     def add(self, batch: ReplayBatch, z: torch.Tensor, proj: torch.Tensor) -> ProjectedStats:
         """Accumulate one batch from its :meth:`project` products."""
         y = batch.y
-        dev = batch.deviations(self.means)
         add_row_products(self.within, z)
-        self.sq_dev.index_add_(0, y, batch.sq if dev is batch.dev else torch.linalg.vector_norm(dev, dim=1).square())
+        self.sq_dev.index_add_(0, y, batch.deviations_and_norms(self.means)[1])
         # (μ_j − μ_i)ᵀ dev = (μ̃_j − μ̃_i)ᵀ dev with μ̃ the centered means (the offset cancels exactly)
         diff = proj - proj.gather(1, y.unsqueeze(1))
         self.pair_forms.index_add_(0, y, diff * diff)

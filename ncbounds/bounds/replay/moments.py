@@ -51,23 +51,13 @@ class ClassMoments:
 
     def update(self, features, labels) -> ClassMoments:
         """Add a batch: ``features`` (B, d), ``labels`` (B,) in 0..K−1."""
-        h = torch.as_tensor(features).to(device=self.means.device, dtype=torch.float64)
-        y = torch.as_tensor(labels).to(device=self.means.device, dtype=torch.int64).reshape(-1)
-        if h.ndim != 2 or h.shape[1] != self.means.shape[1] or h.shape[0] != y.numel():
-            raise StatisticsError(
-                f"moment replay got features of shape {tuple(h.shape)} with {y.numel()} labels, expected (batch, {self.means.shape[1]})."
-            )
-        if y.numel() == 0:
-            return self
-        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-            raise StatisticsError(f"moment replay got labels outside 0..{self.num_classes - 1}.")
-        return self.update_batch(ReplayBatch(h, y, self.means))
+        batch = ReplayBatch.checked(features, labels, self.means, "moment replay")
+        return self if batch is None else self.update_batch(batch)
 
     def update_batch(self, batch: ReplayBatch) -> ClassMoments:
         """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` of checked labels
         (the deviations and their squared norms are shared with the other replay accumulators)."""
-        dev = batch.deviations(self.means)
-        r2 = batch.sq if dev is batch.dev else torch.linalg.vector_norm(dev, dim=1).square()
+        _, r2 = batch.deviations_and_norms(self.means)
         y = batch.y
         self.counts += batch.counts
         self.sum_sq.index_add_(0, y, r2)

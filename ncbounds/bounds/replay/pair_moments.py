@@ -75,23 +75,13 @@ class PairMoments:
 
     def update(self, features: Any, labels: Any) -> PairMoments:
         """Add a batch (B×d features, B labels in 0..K−1) of the split whose final means were given."""
-        dev = self.means.device
-        x = torch.as_tensor(features).to(device=dev, dtype=_F64)
-        y = torch.as_tensor(labels).to(device=dev, dtype=torch.int64).reshape(-1)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise StatisticsError(f"pair-moment replay got features of shape {tuple(x.shape)}, expected (batch, {self.dim}).")
-        if y.numel() == 0:
-            return self
-        K = self.num_classes
-        if int(y.min()) < 0 or int(y.max()) >= K:
-            raise StatisticsError(f"labels must lie in 0..{K - 1} for the pair-moment replay.")
-        return self.update_batch(ReplayBatch(x, y, self.means))
+        batch = ReplayBatch.checked(features, labels, self.means, "pair-moment replay")
+        return self if batch is None else self.update_batch(batch)
 
     def update_batch(self, batch: ReplayBatch) -> PairMoments:
         """:meth:`update` from a :class:`~ncbounds.stats.accumulator.ReplayBatch` of checked labels
         (the deviations and their squared norms are shared with the other replay accumulators)."""
-        e = batch.deviations(self.means)
-        sq = batch.sq if e is batch.dev else torch.linalg.vector_norm(e, dim=1).square()
+        e, sq = batch.deviations_and_norms(self.means)
         y = batch.y
         counts_b = batch.counts
         self.counts += counts_b
