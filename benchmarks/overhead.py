@@ -109,6 +109,34 @@ def report_time(ckpt: str, arch: str, layers, bounds) -> dict:
     return {"wall": wall, "report": report, "passes": passes, "fixed": report - passes, "load": t["load"]}
 
 
+def floor_ratio(model, data, repeats: int) -> tuple[float, float]:
+    """The least any float64 two-pass statistic can cost on the MLP: the forward pass plus, per batch of
+    penultimate features, one float64 conversion, class sums, deviations from (given) class means,
+    their squared norms and one product with a d×29 matrix (span coordinates and projections) — written
+    here by hand, without ncbounds. Returns (forward s, forward + floor s), minima over ``repeats``."""
+    body, head = model.features, model.fc
+    K, d = head.out_features, head.in_features
+    means = torch.randn(K, d, dtype=torch.float64)
+    rhs = torch.randn(d, 29, dtype=torch.float64)
+
+    def minimal() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for split in (data.train, data.test):
+                for xb, yb in iterate_batches(split, BATCH):
+                    h = body(xb.flatten(1))
+                    head(h)
+                    h64 = h.to(torch.float64)
+                    torch.zeros(K, d, dtype=torch.float64).index_add_(0, yb, h64)
+                    dev = h64 - means[yb]
+                    dev.square().sum(1)
+                    dev @ rhs
+        return time.perf_counter() - start
+
+    minimal()
+    return min(forward_time(model, data) for _ in range(repeats)), min(minimal() for _ in range(repeats))
+
+
 def label(setting) -> str:
     model, layers, bounds, _ = setting
     return f"{model} {layers or 'penultimate'}/{bounds}"
@@ -119,8 +147,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--only", choices=sorted(MODELS), help="one model only")
     ap.add_argument("--json", help="write the per-repeat figures to this file")
+    ap.add_argument("--floor", action="store_true",
+                    help="only time the MLP's forward pass against forward + the minimal float64 statistics")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.floor:
+        data = load_data(DATA)
+        with tempfile.TemporaryDirectory() as work:
+            model = train_checkpoint(MODELS["mlp"], data, os.path.join(work, "mlp.pt"))
+        fwd, low = floor_ratio(model, data, args.repeats)
+        print(f"MLP forward {1e3 * fwd:.1f} ms; forward + minimal float64 statistics {1e3 * low:.1f} ms; "
+              f"ratio {low / fwd:.2f} (minima of {args.repeats})")
+        return
     settings = [s for s in SETTINGS if args.only in (None, s[0])]
     data = load_data(DATA)
     rows: dict[str, list[dict]] = {label(s): [] for s in settings}
