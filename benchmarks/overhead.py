@@ -137,6 +137,30 @@ def floor_ratio(model, data, repeats: int) -> tuple[float, float]:
     return min(forward_time(model, data) for _ in range(repeats)), min(minimal() for _ in range(repeats))
 
 
+def covariance_time(model, data, repeats: int) -> float:
+    """Seconds ncbounds' per-class second moments (:class:`PairMoments`, the d×d covariance of every class
+    that ``nc_cantelli`` needs, float64, symmetric blocks) take over the test split's penultimate
+    features — given the features and the class means, i.e. without the forward pass (minimum of ``repeats``)."""
+    from ncbounds.bounds.replay.pair_moments import PairMoments
+    from ncbounds.stats.accumulator import ReplayBatch
+
+    with torch.inference_mode():
+        batches = [(model.features(xb.flatten(1)).to(torch.float64), yb) for xb, yb in iterate_batches(data.test, BATCH)]
+    h = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    means = torch.stack([h[y == c].mean(0) for c in range(model.fc.out_features)])
+
+    def once() -> float:
+        moments = PairMoments(means)
+        start = time.perf_counter()
+        for hb, yb in batches:
+            moments.update_batch(ReplayBatch(hb, yb, means))
+        return time.perf_counter() - start
+
+    once()
+    return min(once() for _ in range(repeats))
+
+
 def label(setting) -> str:
     model, layers, bounds, _ = setting
     return f"{model} {layers or 'penultimate'}/{bounds}"
@@ -158,6 +182,9 @@ def main() -> None:
         fwd, low = floor_ratio(model, data, args.repeats)
         print(f"MLP forward {1e3 * fwd:.1f} ms; forward + minimal float64 statistics {1e3 * low:.1f} ms; "
               f"ratio {low / fwd:.2f} (minima of {args.repeats})")
+        cov = covariance_time(model, data, args.repeats)
+        print(f"per-class covariances of the test split (nc_cantelli, default bounds): {1e3 * cov:.1f} ms = "
+              f"{cov / fwd:.2f} forward passes")
         return
     settings = [s for s in SETTINGS if args.only in (None, s[0])]
     data = load_data(DATA)
