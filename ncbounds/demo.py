@@ -41,6 +41,19 @@ def train_epoch(model: nn.Module, opt, loss_fn, x: torch.Tensor, y: torch.Tensor
     return total
 
 
+def start_mlp_run(out_dir: str | Path, data_spec: str, width: int, depth: int, seed: int, **sidecar):
+    """Create ``out_dir``, seed torch, load ``data_spec`` and build the MLP for it; the folder's
+    ``ncbounds.json`` names the architecture, the data and any ``sidecar`` keys. Returns
+    (folder, data, model)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    data = load_data(data_spec)
+    arch = f"mlp:input_dim={data.input_shape[0]},num_classes={data.num_classes},width={width},depth={depth}"
+    write_atomic(out / "ncbounds.json", json.dumps({"arch": arch, "data": data_spec, **sidecar}, indent=2))
+    return out, data, build_model(arch)
+
+
 def train_demo(
     out_dir: str | Path,
     epochs: int = 12,
@@ -52,13 +65,7 @@ def train_demo(
     log=None,
 ) -> list[Path]:
     """Train the demo MLP, writing ``init.pt`` and one checkpoint per epoch; returns the checkpoint paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    data = load_data(DEMO_DATA)
-    arch = f"mlp:input_dim={data.input_shape[0]},num_classes={data.num_classes},width={width},depth={depth}"
-    model = build_model(arch)
-    write_atomic(out / "ncbounds.json", json.dumps({"arch": arch, "data": DEMO_DATA, "init_checkpoint": "init.pt"}, indent=2))
+    out, data, model = start_mlp_run(out_dir, DEMO_DATA, width, depth, seed, init_checkpoint="init.pt")
     save_torch(model.state_dict(), out / "init.pt")
     x = torch.as_tensor(data.train.x)
     y = torch.as_tensor(data.train.y)

@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ncbounds.demo import train_epoch
+from ncbounds.demo import start_mlp_run, train_epoch
 from ncbounds.errors import NCBoundsError
-from ncbounds.io.datasets import load_data
 from ncbounds.io.output import save_torch, write_atomic
-from ncbounds.models import build_model
 
 IMBALANCE_DATA = "digits:imbalance=exp:20"
 MULTILABEL_DATA = "mnist1d-pairs:n=5000"
@@ -43,13 +41,7 @@ def train_run(out_dir: str | Path, data_spec: str, save_epochs, width: int = 128
     """Train an MLP on ``data_spec`` (cross-entropy; the pick-all-label loss for multi-hot labels) with SGD
     (momentum 0.9), saving ``epoch_XXX.pt`` with a sidecar ``{"epoch", "lr", "width", "weight_decay",
     "seed"}`` at each epoch of ``save_epochs``; the folder's ``ncbounds.json`` names the architecture and data."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    data = load_data(data_spec)
-    arch = f"mlp:input_dim={data.input_shape[0]},num_classes={data.num_classes},width={width},depth={depth}"
-    model = build_model(arch)
-    write_atomic(out / "ncbounds.json", json.dumps({"arch": arch, "data": data_spec}, indent=2))
+    out, data, model = start_mlp_run(out_dir, data_spec, width, depth, seed)
     x = torch.as_tensor(data.train.x)
     y = torch.as_tensor(data.train.y)
     multilabel = data.task == "multilabel"

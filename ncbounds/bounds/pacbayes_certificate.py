@@ -97,6 +97,14 @@ def _count(x: Any, name: str, minimum: int = 1) -> int:
     return v
 
 
+def _disagreement_rate(disagreements: Any, trials: int) -> float:
+    """disagreements / trials, after checking 0 ≤ disagreements ≤ trials."""
+    d = _count(disagreements, "disagreements", 0)
+    if d > trials:
+        raise UsageError(f"disagreements ({d}) cannot exceed the number of trials ({trials}).")
+    return d / trials
+
+
 def _kl_value(kl: Any) -> float:
     try:
         v = float(kl)
@@ -341,19 +349,13 @@ def disagreement_upper_bound(disagreements: int, n_inputs: int, delta: float, pa
     if mc_samples is None:
         p = _count(passes, "passes")
         trials = m * p
-        d = _count(disagreements, "disagreements", 0)
-        if d > trials:
-            raise UsageError(f"disagreements ({d}) cannot exceed the number of trials ({trials}).")
-        rate = d / trials
+        rate = _disagreement_rate(disagreements, trials)
         value = float(kl_inverse_upper(rate, math.log(1.0 / delta) / m))
         return {"value": value, "disagreement": rate, "n_inputs": m, "trials": trials, "passes": p, "delta": delta,
                 "mode": "per-example"}
     M = _count(mc_samples, "mc_samples")
     trials = m * M
-    d = _count(disagreements, "disagreements", 0)
-    if d > trials:
-        raise UsageError(f"disagreements ({d}) cannot exceed the number of trials ({trials}).")
-    rate = d / trials
+    rate = _disagreement_rate(disagreements, trials)
     u1 = float(kl_inverse_upper(rate, math.log(2.0 / delta) / m))
     value = float(kl_inverse_upper(u1, math.log(4.0 / delta) / M))
     return {"value": value, "disagreement": rate, "sample_upper": u1, "n_inputs": m, "trials": trials,

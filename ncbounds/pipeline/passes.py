@@ -26,6 +26,22 @@ from ncbounds.stats.split import SplitStatistics
 SPLITS = ("train", "test")
 
 
+def forward_batch(extractor, xb: torch.Tensor, prep: Prepared, device: torch.device, amp: bool):
+    """(features by layer, logits) of one input batch through the hooked model on ``device``: pinned
+    non-blocking copies on CUDA, autocast with ``amp`` (float16 on CUDA, bfloat16 elsewhere), and an
+    input that does not fit the model turned into one sentence naming both shapes."""
+    pin = device.type == "cuda"
+    xb = xb.pin_memory().to(device, non_blocking=True) if pin else xb
+    with torch.autocast(device.type, dtype=torch.float16 if pin else torch.bfloat16, enabled=amp):
+        try:
+            return extractor.run(xb)
+        except RuntimeError as exc:
+            mismatch = input_mismatch(exc, prep, xb)
+            if mismatch is None:
+                raise
+            raise mismatch from None
+
+
 def stream_split(split_name, split, prep, extractor, head, device, opts, reference, conv, replay=None, same=None):
     """One pass over one split, then the replay of its features; returns the finished statistics.
 
@@ -48,15 +64,7 @@ def stream_split(split_name, split, prep, extractor, head, device, opts, referen
                     b = torch.as_tensor(prep.data.b if prep.data.b is not None else np.zeros(len(W)), dtype=torch.float64, device=device)
                     logits = h @ W.T + b
             else:
-                xb = xb.pin_memory().to(device, non_blocking=True) if pin else xb
-                with torch.autocast(device.type, dtype=torch.float16 if pin else torch.bfloat16, enabled=opts.amp):
-                    try:
-                        feats, logits = extractor.run(xb)
-                    except RuntimeError as exc:
-                        mismatch = input_mismatch(exc, prep, xb)
-                        if mismatch is None:
-                            raise
-                        raise mismatch from None
+                feats, logits = forward_batch(extractor, xb, prep, device, opts.amp)
             nc4 = None
             if logits is not None and not conv.nc4_use_bias and head is not None:
                 nc4 = (feats[PENULTIMATE].to(torch.float64) @ head[0].to(device).T).argmax(1)

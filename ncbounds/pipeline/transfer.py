@@ -38,8 +38,8 @@ from ncbounds.features import PENULTIMATE
 from ncbounds.io.datasets import DataSource, iterate_batches
 from ncbounds.metrics.functional import split_metrics
 from ncbounds.options import EvalOptions
-from ncbounds.pipeline.passes import exact_cuda_math
-from ncbounds.pipeline.prepare import _load_data, input_mismatch
+from ncbounds.pipeline.passes import exact_cuda_math, forward_batch
+from ncbounds.pipeline.prepare import _load_data
 from ncbounds.progress import Progress
 from ncbounds.report.record import BoundRecord, TransferRecord
 from ncbounds.stats.split import SplitStatistics
@@ -100,21 +100,12 @@ def _stream(split_name, split, target, model_prep, extractor, layer_names, devic
     acc = SplitStatistics(target.num_classes, penultimate=PENULTIMATE, device=device)
     n_batches = (len(split) + opts.batch_size - 1) // opts.batch_size
     bar = Progress(n_batches, f"target {split_name:>5}", enabled=opts.progress and n_batches >= 20)
-    pin = device.type == "cuda"
     with torch.inference_mode():
         for xb, yb in iterate_batches(split, opts.batch_size):
             if extractor is None or target.kind == "features":
                 feats = {PENULTIMATE: xb.to(device=device, dtype=torch.float64)}
             else:
-                xb = xb.pin_memory().to(device, non_blocking=True) if pin else xb
-                with torch.autocast(device.type, dtype=torch.float16 if pin else torch.bfloat16, enabled=opts.amp):
-                    try:
-                        feats, _ = extractor.run(xb)
-                    except RuntimeError as exc:
-                        mismatch = input_mismatch(exc, model_prep, xb)
-                        if mismatch is None:
-                            raise
-                        raise mismatch from exc
+                feats, _ = forward_batch(extractor, xb, model_prep, device, opts.amp)
                 feats = {name: h for name, h in feats.items() if name in layer_names}
             acc.update(feats, yb.to(device))
             bar.advance()

@@ -36,7 +36,7 @@ from scipy import stats
 
 from ncbounds.errors import DataError, StatisticsError, UsageError
 from ncbounds.stats.binomial import clopper_pearson, kl_inverse_upper
-from ncbounds.transfer._checks import class_means, features_2d
+from ncbounds.transfer._checks import class_labels, class_means, features_2d
 
 __all__ = [
     "CERTIFICATE_DELTA",
@@ -57,17 +57,8 @@ PROBE_MAX_ITER = 1000
 
 
 def _codes(labels, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels)
-    if y.ndim != 1 or len(y) != n:
-        raise DataError(f"{name} must be a 1-D array with one label per sample ({n}); got shape {y.shape}.")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise DataError(f"{name} must be integers.")
-        y = y.astype(np.int64)
-    elif y.dtype.kind not in "iub":
-        raise DataError(f"{name} must be integers; got dtype {y.dtype}.")
-    values, codes = np.unique(y, return_inverse=True)
-    return codes.astype(np.int64), values
+    """(codes 0..K−1, sorted label values); the callers check the number of classes themselves."""
+    return class_labels(labels, n, name, min_classes=0)
 
 
 def _resolve_ways(ways, k: int) -> int:

@@ -100,23 +100,25 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def _dropped_prefix(longer: list[str], shorter: set[str]) -> str | None:
+    """The first dotted prefix ``p`` such that some key of ``longer`` is ``p`` + a key of ``shorter``."""
+    for k in longer:
+        parts = k.split(".")
+        for i in range(1, len(parts)):
+            p = ".".join(parts[:i]) + "."
+            if k[len(p):] in shorter:
+                return p
+    return None
+
+
 def _visible_prefix(missing: list[str], unexpected: list[str]) -> str | None:
     """Hint naming a prefix whose removal/addition would turn unexpected keys into missing ones."""
-    miss = set(missing)
-    for k in unexpected:
-        parts = k.split(".")
-        for i in range(1, len(parts)):
-            p = ".".join(parts[:i]) + "."
-            if k[len(p):] in miss:
-                return f"strip the prefix '{p}' from the checkpoint keys"
-    unexp = set(unexpected)
-    for k in missing:
-        parts = k.split(".")
-        for i in range(1, len(parts)):
-            p = ".".join(parts[:i]) + "."
-            if k[len(p):] in unexp:
-                return f"the model's keys carry the prefix '{p}' that the checkpoint lacks, so " \
-                       "pass the unwrapped model"
+    p = _dropped_prefix(unexpected, set(missing))
+    if p is not None:
+        return f"strip the prefix '{p}' from the checkpoint keys"
+    p = _dropped_prefix(missing, set(unexpected))
+    if p is not None:
+        return f"the model's keys carry the prefix '{p}' that the checkpoint lacks, so pass the unwrapped model"
     return None
 
 
